@@ -1,0 +1,698 @@
+"""Loading an Ideogram 4 DiT checkpoint from any published file layout into official key names.
+
+Layouts read (each as one file or sharded with a ``*.safetensors.index.json``; ``layout`` gets ``+sharded``):
+
+=========================  ==========================================================================================
+``official-bf16``          official keys (``attention.qkv``, ``attention.o``), unquantised; ``-fp16``/``-fp32`` likewise
+``official-fp8-rowwise``   official keys, Linear weights float8_e4m3fn + ``<name>.weight_scale`` float32 ``(out,)``
+                           (``ideogram-ai/ideogram-4-fp8``)
+``comfy-fp8-scaled``       official keys, ComfyUI ``<layer>.comfy_quant`` + per-tensor ``weight_scale`` (optional
+                           ``input_scale``) — the Comfy-Org ``*_fp8_scaled`` files; also ComfyUI's older
+                           ``scaled_fp8`` marker / ``_quantization_metadata`` forms
+``official-fp8-unscaled``  official keys, float8 weights without any scale (cast as ComfyUI does)
+``diffusers``              ``to_q``/``to_k``/``to_v`` fused into ``qkv`` (rows q, k, v), ``to_out.0`` -> ``o``;
+                           ``diffusers-fp8-rowwise`` etc. when quantised
+=========================  ==========================================================================================
+
+Keys may be bare or carry a ``model.diffusion_model.``, ``diffusion_model.`` or ``transformer.`` prefix, or any
+other prefix in front of ``embed_image_indicator.weight`` (tensors outside the prefix, e.g. a VAE bundled in the
+same file, are ignored).
+
+Dimensions come from the file: a ``config`` JSON in the safetensors metadata, else a ``config.json`` beside it,
+else the tensor shapes in the header (never tensor data). Every tensor is then checked against the shapes that
+config implies.
+
+De-quantisation (``keep_fp8=False``, the default) follows :mod:`ideogram4.quantization`: the official per-row
+rule for ``weight_scale`` of shape ``(out,)``, ComfyUI's per-tensor rule for ``comfy_quant`` layers.
+
+``keep_fp8=True`` keeps fp8 weights and returns, for every quantised Linear ``<name>``:
+
+* ``<name>.weight``       float8 ``(out, in)`` exactly as stored (q, k, v rows concatenated for diffusers files);
+* ``<name>.weight_scale`` float32 ``(out,)`` — always **per row**: per-tensor scales are broadcast to every row
+  and unscaled fp8 gets ones. The weight in compute dtype ``dt`` is then, for every layout,
+  ``weight.to(dt) * weight_scale.to(dt)[:, None]``, which is bit-identical to the default path;
+* ``<name>.input_scale``  float32 scalar, only where a ComfyUI file carries one for that (unsplit) layer: the
+  activation scale ComfyUI uses for fp8 matmuls. The weight-only official path ignores it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from ideogram4.dit_config import DiTConfig
+from ideogram4.quantization import (
+    COMFY_FP8_FORMATS,
+    dequantize_fp8_per_tensor,
+    dequantize_fp8_rowwise,
+    parse_comfy_quant,
+    rowwise_scale_from_per_tensor,
+)
+from ideogram4.safetensors_io import (
+    CheckpointError,
+    SafetensorsSource,
+    find_config_json,
+    iter_tensors,
+    open_source,
+)
+
+__all__ = [
+    "CheckpointError",
+    "DiTCheckpoint",
+    "DiTCheckpointInfo",
+    "inspect_dit_checkpoint",
+    "SUPPORTED_LAYOUTS",
+    "expected_dit_shapes",
+    "load_dit_checkpoint",
+    "load_dit_pair",
+]
+
+SUPPORTED_LAYOUTS = (
+    "Supported: official Ideogram 4 keys unquantised (bf16/fp16/fp32) or fp8 with per-row weight_scale "
+    "(ideogram-ai/ideogram-4-fp8); Comfy-Org fp8_scaled files (comfy_quant, bare or model.diffusion_model. keys); "
+    "diffusers layout (to_q/to_k/to_v, optional transformer. prefix); each as one .safetensors file or sharded "
+    "with a .safetensors.index.json."
+)
+
+# Prefixes under which a DiT state dict is found, most specific first; "" = bare keys.
+DIT_KEY_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "")
+# The key every Ideogram 4 DiT has and no other model does (ComfyUI detects the model by it too).
+MARKER_KEY = "embed_image_indicator.weight"
+FP8_HEADER_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+# Sidecar tensors that describe a quantised weight rather than being model weights themselves.
+_QUANT_SIDECARS = (".weight_scale", ".input_scale", ".comfy_quant", ".weight_scale_2", ".pre_quant_scale",
+                   ".scale_weight", ".scale_input")
+_BNB_MARKERS = (".absmax", ".quant_map", ".quant_state.", ".nested_absmax", ".nested_quant_map")
+_DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention)\.to_([qkv])\.weight$")
+_DIFFUSERS_OUT = re.compile(r"^(layers\.\d+\.attention)\.to_out\.0\.weight$")
+_LAYER_INDEX = re.compile(r"^layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class DiTCheckpoint:
+    """A loaded DiT: ``state_dict`` in official key names (ready for ``Ideogram4DiT.load_state_dict``).
+
+    ``layout`` names the file layout (see module docstring); ``config_source`` says where the dimensions came
+    from: ``"metadata"``, ``"config.json"`` or ``"shapes"``.
+    """
+
+    config: DiTConfig
+    state_dict: dict[str, torch.Tensor]
+    layout: str
+    path: str
+    config_source: str = ""
+
+
+def expected_dit_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape for every stored tensor of an ``Ideogram4DiT`` with ``config`` (spec B.3), in
+    module order. Linear weights are ``(out, in)``."""
+    hidden, adaln = config.hidden_size, config.adaln_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "input_proj.weight": (hidden, config.in_channels),
+        "input_proj.bias": (hidden,),
+        "llm_cond_norm.weight": (config.llm_features_dim,),
+        "llm_cond_proj.weight": (hidden, config.llm_features_dim),
+        "llm_cond_proj.bias": (hidden,),
+        "t_embedding.mlp_in.weight": (hidden, hidden),
+        "t_embedding.mlp_in.bias": (hidden,),
+        "t_embedding.mlp_out.weight": (hidden, hidden),
+        "t_embedding.mlp_out.bias": (hidden,),
+        "adaln_proj.weight": (adaln, hidden),
+        "adaln_proj.bias": (adaln,),
+        "embed_image_indicator.weight": (2, hidden),
+    }
+    for i in range(config.num_layers):
+        block = f"layers.{i}."
+        shapes.update({
+            block + "attention.qkv.weight": (3 * hidden, hidden),
+            block + "attention.norm_q.weight": (config.attention_head_dim,),
+            block + "attention.norm_k.weight": (config.attention_head_dim,),
+            block + "attention.o.weight": (hidden, hidden),
+            block + "feed_forward.w1.weight": (config.intermediate_size, hidden),
+            block + "feed_forward.w2.weight": (hidden, config.intermediate_size),
+            block + "feed_forward.w3.weight": (config.intermediate_size, hidden),
+            block + "attention_norm1.weight": (hidden,),
+            block + "attention_norm2.weight": (hidden,),
+            block + "ffn_norm1.weight": (hidden,),
+            block + "ffn_norm2.weight": (hidden,),
+            block + "adaln_modulation.weight": (4 * hidden, adaln),
+            block + "adaln_modulation.bias": (4 * hidden,),
+        })
+    shapes.update({
+        "final_layer.linear.weight": (config.in_channels, hidden),
+        "final_layer.linear.bias": (config.in_channels,),
+        "final_layer.adaln_modulation.weight": (hidden, adaln),
+        "final_layer.adaln_modulation.bias": (hidden,),
+    })
+    return shapes
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan: what the file holds, read from the header only (plus the tiny comfy_quant tensors)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Quant:
+    """How one stored fp8 weight is scaled: ``kind`` is "rowwise", "per_tensor" or "unscaled"."""
+
+    kind: str
+    scale_key: str | None = None
+    input_scale_key: str | None = None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One stored tensor (full key in the file) contributing rows to an official tensor."""
+
+    key: str
+    dtype: str
+    shape: tuple[int, ...]
+    quant: _Quant | None = None
+
+
+@dataclass
+class _Plan:
+    source: SafetensorsSource
+    file_label: str
+    prefix: str
+    entries: dict[str, tuple[_Part, ...]]  # official key -> parts (q, k, v for a diffusers qkv)
+    layout: str
+    config: DiTConfig | None = None
+    config_source: str = ""
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def error(self, what: str) -> CheckpointError:
+        return CheckpointError(f"{self.file_label}: {what} {SUPPORTED_LAYOUTS}")
+
+
+def _describe_foreign(keys: list[str]) -> str:
+    """What a state dict that is not an Ideogram 4 DiT looks like, for the error message."""
+    text = "\n".join(keys)
+    sample = ", ".join(keys[:3])
+    if "input_blocks." in text or "middle_block." in text:
+        return f"a Stable Diffusion / SDXL UNet (keys like {sample}), not an Ideogram 4 DiT"
+    if "double_blocks." in text and "single_blocks." in text:
+        return f"a FLUX transformer (double_blocks/single_blocks keys like {sample}), not an Ideogram 4 DiT"
+    if "joint_blocks." in text:
+        return f"an SD3 MMDiT (joint_blocks keys like {sample}), not an Ideogram 4 DiT"
+    if "self_attn.q_proj" in text or "embed_tokens" in text:
+        return (f"a text encoder / language model (keys like {sample}); load it with the Ideogram 4 text encoder "
+                "loader instead")
+    if any(marker in text for marker in ("decoder.conv_in", "encoder.conv_in", "post_quant_conv", "decoder.up.",
+                                         "decoder.up_blocks")):
+        return f"a VAE / autoencoder (keys like {sample}); load it with a VAE loader instead"
+    if "lora_A" in text or "lora_down" in text or "lora_B" in text or "lora_up" in text:
+        return f"a LoRA (keys like {sample}); apply it with a LoRA loader, it is not a full model"
+    if ".attention.qkv." in text or ".attention.to_q." in text:
+        return (f"Ideogram 4-style transformer blocks, but {MARKER_KEY} is missing, so the file is incomplete "
+                f"(keys like {sample})")
+    return f"an unrecognised state dict ({len(keys)} tensors, keys like {sample})"
+
+
+def _detect_prefix(keys: dict, label: str) -> str | None:
+    """The key prefix of the DiT in ``keys``: a known one first, else whatever precedes the marker key."""
+    for prefix in DIT_KEY_PREFIXES:
+        if prefix + MARKER_KEY in keys:
+            return prefix
+    others = sorted(key[: -len(MARKER_KEY)] for key in keys if key.endswith("." + MARKER_KEY))
+    if len(others) > 1:
+        raise CheckpointError(
+            f"{label}: the file holds several DiTs (key prefixes {', '.join(others)}); this loader reads one model "
+            f"per file. {SUPPORTED_LAYOUTS}"
+        )
+    return others[0] if others else None
+
+
+def _is_sidecar(key: str) -> bool:
+    return key.endswith(_QUANT_SIDECARS) or key == "scaled_fp8"
+
+
+def _comfy_quant_configs(plan_label: str, source: SafetensorsSource, prefix: str, local: dict[str, str]
+                         ) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """ComfyUI quant configs by local layer name, plus the scale / input-scale key of each such layer.
+
+    Reads the three forms ComfyUI accepts: ``<layer>.comfy_quant`` tensors, a ``_quantization_metadata`` JSON in
+    the safetensors metadata, and the older ``scaled_fp8`` marker with ``.scale_weight`` / ``.scale_input``.
+    """
+    configs: dict[str, dict] = {}
+    scale_keys: dict[str, str] = {}
+    input_keys: dict[str, str] = {}
+
+    quant_keys = [full for name, full in local.items() if name.endswith(".comfy_quant")]
+    for full, tensor in iter_tensors(source, quant_keys):
+        layer = full[len(prefix):-len(".comfy_quant")]
+        configs[layer] = parse_comfy_quant(tensor, where=f"{plan_label}: {full}")
+
+    metadata_json = source.metadata.get("_quantization_metadata")
+    if metadata_json is not None:
+        try:
+            layers = json.loads(metadata_json)["layers"]
+            for name, conf in layers.items():
+                layer = name[len(prefix):] if name.startswith(prefix) else name
+                configs.setdefault(layer, dict(conf))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(
+                f"{plan_label}: the _quantization_metadata entry of the safetensors metadata is malformed ({error}); "
+                'expected {"layers": {"<layer>": {"format": ...}}}.'
+            ) from None
+
+    if "scaled_fp8" in local:
+        marker_dtype = source.entries[local["scaled_fp8"]][0]
+        fmt = "float8_e5m2" if marker_dtype == "F8_E5M2" else "float8_e4m3fn"
+        for name, full in local.items():
+            if name.endswith(".scale_weight"):
+                layer = name[: -len(".scale_weight")]
+                configs.setdefault(layer, {"format": fmt})
+                scale_keys[layer] = full
+            elif name.endswith(".scale_input"):
+                input_keys[name[: -len(".scale_input")]] = full
+
+    for layer in configs:
+        scale_keys.setdefault(layer, local.get(layer + ".weight_scale", ""))
+        if layer + ".input_scale" in local:
+            input_keys.setdefault(layer, local[layer + ".input_scale"])
+    return configs, scale_keys, input_keys
+
+
+def _quant_for(plan_label, source, local, name, dtype, shape, comfy, comfy_scales, comfy_inputs) -> _Quant | None:
+    """The quantisation of the stored weight ``name`` (local key), or None when it is a plain tensor."""
+    layer = name[: -len(".weight")] if name.endswith(".weight") else None
+    if layer is not None and layer in comfy:
+        fmt = comfy[layer].get("format")
+        storage = COMFY_FP8_FORMATS.get(fmt)
+        if storage is None:
+            raise CheckpointError(
+                f"{plan_label}: layer {layer!r} uses ComfyUI quantisation format {fmt!r}, which this loader does not "
+                "de-quantise (only float8_e4m3fn / float8_e5m2 per-tensor). Use the *_fp8_scaled file, or load this "
+                f"file with ComfyUI's native Load Diffusion Model node. {SUPPORTED_LAYOUTS}"
+            )
+        if FP8_HEADER_DTYPES.get(dtype) != storage:
+            raise CheckpointError(
+                f"{plan_label}: layer {layer!r} is marked {fmt!r} by comfy_quant but its weight is stored as {dtype}."
+            )
+        scale_key = comfy_scales.get(layer) or ""
+        if not scale_key:
+            raise CheckpointError(f"{plan_label}: fp8 layer {layer!r} has a comfy_quant entry but no weight_scale.")
+        scale_shape = source.entries[scale_key][1]
+        if _numel(scale_shape) != 1:
+            raise CheckpointError(
+                f"{plan_label}: {scale_key!r} should be a single per-tensor scale for comfy_quant format {fmt!r}, "
+                f"found shape {list(scale_shape)}."
+            )
+        return _Quant("per_tensor", scale_key, comfy_inputs.get(layer))
+
+    scale_key = local.get(layer + ".weight_scale") if layer is not None else None
+    if dtype not in FP8_HEADER_DTYPES:
+        if scale_key is not None:
+            raise CheckpointError(
+                f"{plan_label}: {scale_key!r} scales a weight stored as {dtype}, not fp8; this quantisation is not "
+                f"supported. {SUPPORTED_LAYOUTS}"
+            )
+        return None
+    if scale_key is None:
+        return _Quant("unscaled")
+    scale_shape = tuple(source.entries[scale_key][1])
+    if len(shape) == 2 and scale_shape in ((shape[0],), (shape[0], 1)):
+        return _Quant("rowwise", scale_key)
+    if _numel(scale_shape) == 1:
+        return _Quant("per_tensor", scale_key)
+    raise CheckpointError(
+        f"{plan_label}: shape mismatch for {scale_key!r}: expected a per-row scale ({shape[0]},) or a single "
+        f"per-tensor scale for weight shape {list(shape)}, found {list(scale_shape)}."
+    )
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _layout_name(is_diffusers: bool, parts: list[_Part], sharded: bool) -> str:
+    kinds = {part.quant.kind for part in parts if part.quant is not None}
+    if "per_tensor" in kinds:
+        quant = "fp8-scaled"
+    elif "rowwise" in kinds:
+        quant = "fp8-rowwise"
+    elif "unscaled" in kinds:
+        quant = "fp8-unscaled"
+    else:
+        quant = None
+    if is_diffusers:
+        name = "diffusers" if quant is None else f"diffusers-{quant}"
+    elif quant == "fp8-scaled":
+        name = "comfy-fp8-scaled"
+    elif quant is not None:
+        name = f"official-{quant}"
+    else:
+        weight_dtypes = {part.dtype for part in parts
+                         if part.key.endswith(".weight") and len(part.shape) == 2 and not part.key.endswith(MARKER_KEY)}
+        short = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F64": "fp64"}
+        name = "official-" + "-".join(sorted(short.get(dtype, dtype.lower()) for dtype in weight_dtypes))
+    return name + ("+sharded" if sharded else "")
+
+
+def _plan_dit(path) -> _Plan:
+    """Everything about a DiT file except its tensor data: layout, key mapping, config, validated shapes."""
+    try:
+        source = open_source(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} {SUPPORTED_LAYOUTS}") from None
+    label = str(source.path)
+    keys = source.entries
+    prefix = _detect_prefix(keys, label)
+    if prefix is None:
+        raise CheckpointError(
+            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like {_describe_foreign(list(keys))}. "
+            f"{SUPPORTED_LAYOUTS}"
+        )
+    local = {key[len(prefix):]: key for key in keys if key.startswith(prefix)}
+    bnb = next((name for name in local if any(marker in name for marker in _BNB_MARKERS)), None)
+    if bnb is not None:
+        raise CheckpointError(
+            f"{label}: this is a bitsandbytes NF4/4-bit checkpoint (found {bnb!r}), which this loader does not read. "
+            f"Use the fp8 release instead. {SUPPORTED_LAYOUTS}"
+        )
+
+    orphans = [name for name in local if name.endswith((".weight_scale", ".comfy_quant", ".input_scale"))
+               and name.rsplit(".", 1)[0] + ".weight" not in local]
+    if orphans:
+        raise CheckpointError(
+            f"{label}: quantisation entries without their weight, e.g. {', '.join(orphans[:3])}; the file is "
+            f"incomplete or damaged. {SUPPORTED_LAYOUTS}"
+        )
+    comfy, comfy_scales, comfy_inputs = _comfy_quant_configs(label, source, prefix, local)
+    is_diffusers = any(_DIFFUSERS_QKV.match(name) for name in local)
+
+    entries: dict[str, list[_Part]] = {}
+    qkv_parts: dict[str, dict[str, _Part]] = {}
+    for name, full in local.items():
+        if _is_sidecar(name):
+            continue
+        dtype, shape = keys[full]
+        quant = _quant_for(label, source, local, name, dtype, tuple(shape), comfy, comfy_scales, comfy_inputs)
+        part = _Part(full, dtype, tuple(shape), quant)
+        qkv = _DIFFUSERS_QKV.match(name)
+        out = _DIFFUSERS_OUT.match(name)
+        if qkv:
+            qkv_parts.setdefault(qkv.group(1) + ".qkv.weight", {})[qkv.group(2)] = part
+        elif out:
+            entries[out.group(1) + ".o.weight"] = [part]
+        else:
+            entries[name] = [part]
+    for official, by_letter in qkv_parts.items():
+        missing = [f"to_{letter}" for letter in "qkv" if letter not in by_letter]
+        if missing:
+            raise CheckpointError(
+                f"{label}: {official.replace('.qkv.weight', '')} has {', '.join('to_' + k for k in sorted(by_letter))} "
+                f"but not {', '.join(missing)}; the q, k and v projections are needed together. {SUPPORTED_LAYOUTS}"
+            )
+        entries[official] = [by_letter["q"], by_letter["k"], by_letter["v"]]
+
+    all_parts = [part for parts in entries.values() for part in parts]
+    plan = _Plan(
+        source=source,
+        file_label=label,
+        prefix=prefix,
+        entries={key: tuple(parts) for key, parts in entries.items()},
+        layout=_layout_name(is_diffusers, all_parts, source.sharded),
+    )
+    plan.shapes = {key: _logical_shape(plan, key) for key in plan.entries}
+    plan.config, plan.config_source = _resolve_config(plan)
+    _validate_shapes(plan)
+    return plan
+
+
+def _logical_shape(plan: _Plan, key: str) -> tuple[int, ...]:
+    parts = plan.entries[key]
+    if len(parts) == 1:
+        return parts[0].shape
+    widths = {part.shape[1:] for part in parts}
+    if len(widths) != 1 or any(len(part.shape) != 2 for part in parts):
+        found = ", ".join(f"{part.key} {list(part.shape)}" for part in parts)
+        raise plan.error(f"shape mismatch: the q/k/v projections fused into {key!r} differ in shape ({found}).")
+    return (sum(part.shape[0] for part in parts), *parts[0].shape[1:])
+
+
+# --------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------
+
+_CONFIG_JSON_KEYS = ("num_layers", "num_attention_heads", "attention_head_dim", "intermediate_size", "adaln_dim",
+                     "in_channels", "llm_features_dim")
+# Keys only an Ideogram 4 DiT config has (a VAE or text-encoder config.json shares e.g. in_channels).
+_DIT_ONLY_CONFIG_KEYS = ("llm_features_dim", "adaln_dim", "adanln_dim")
+
+
+def _describes_dit(config: dict) -> bool:
+    class_name = config.get("_class_name")
+    if class_name is not None:
+        return "Ideogram4" in str(class_name)
+    return any(key in config for key in _DIT_ONLY_CONFIG_KEYS)
+
+
+def _resolve_config(plan: _Plan) -> tuple[DiTConfig, str]:
+    metadata_config = plan.source.metadata.get("config")
+    if metadata_config is not None:
+        try:
+            data = json.loads(metadata_config)
+            if not isinstance(data, dict):
+                raise ValueError(f"found {type(data).__name__}, expected a JSON object")
+            return DiTConfig.from_official_json(data), "metadata"
+        except (ValueError, TypeError) as error:
+            raise plan.error(f"the 'config' entry of the safetensors metadata is not a valid DiT config ({error}).") \
+                from None
+    config_json = find_config_json(plan.source.index or plan.source.files[0])
+    # A config.json beside the weights counts only if it describes a DiT (a shared folder may hold others).
+    if config_json is not None and _describes_dit(config_json):
+        try:
+            return DiTConfig.from_official_json(config_json), "config.json"
+        except (ValueError, TypeError) as error:
+            raise plan.error(f"the config.json beside it is not a valid DiT config ({error}).") from None
+    return _config_from_shapes(plan), "shapes"
+
+
+def _config_from_shapes(plan: _Plan) -> DiTConfig:
+    """Dimensions read off the header shapes; what shapes cannot tell keeps the official defaults."""
+    shapes = plan.shapes
+
+    def dim(key: str, axis: int) -> int:
+        if key not in shapes:
+            raise plan.error(f"cannot infer the model dimensions: tensor {key!r} is missing.")
+        return shapes[key][axis]
+
+    head_dim = dim("layers.0.attention.norm_q.weight", 0)
+    hidden = dim("input_proj.weight", 0)
+    if head_dim <= 0 or hidden % head_dim:
+        raise plan.error(
+            f"shape mismatch: hidden size {hidden} (input_proj.weight) is not a multiple of the head dim {head_dim} "
+            "(layers.0.attention.norm_q.weight)."
+        )
+    layer_indices = {int(match.group(1)) for key in shapes if (match := _LAYER_INDEX.match(key))}
+    # The released head (256 wide, 128 frequency pairs) uses h/w sections of 20 pairs; a smaller head cannot hold
+    # them (the interleave writes pairs up to 3 * section - 1), so they shrink to what fits and t keeps the
+    # released 24:20 ratio — head_dim 64 gives (12, 10, 10), as the pack's tiny test models use. A guess for
+    # such heads: ship a config (metadata or config.json) with models that are not the released size.
+    default_t, default_h, _ = DiTConfig.mrope_section
+    fitting = min(default_h, (head_dim // 2) // 3)
+    mrope_section = DiTConfig.mrope_section if fitting == default_h else (default_t * fitting // default_h,
+                                                                          fitting, fitting)
+    return DiTConfig(
+        mrope_section=mrope_section,
+        num_layers=max(layer_indices) + 1,
+        num_attention_heads=hidden // head_dim,
+        attention_head_dim=head_dim,
+        intermediate_size=dim("layers.0.feed_forward.w1.weight", 0),
+        adaln_dim=dim("adaln_proj.weight", 0),
+        in_channels=dim("input_proj.weight", 1),
+        llm_features_dim=dim("llm_cond_norm.weight", 0),
+    )
+
+
+def _validate_shapes(plan: _Plan) -> None:
+    expected = expected_dit_shapes(plan.config)
+    source_note = {"metadata": "the safetensors metadata 'config'", "config.json": "the config.json beside the file",
+                   "shapes": "the tensor shapes"}[plan.config_source]
+    for key, shape in expected.items():
+        found = plan.shapes.get(key)
+        if found is not None and tuple(found) != shape:
+            stored = ", ".join(part.key for part in plan.entries[key])
+            raise plan.error(
+                f"shape mismatch for {key!r} (stored as {stored}): expected {list(shape)} for the config read from "
+                f"{source_note} ({_config_summary(plan.config)}), found {list(found)}."
+            )
+    missing = [key for key in expected if key not in plan.shapes]
+    if missing:
+        raise plan.error(
+            f"{len(missing)} tensor(s) missing for the config read from {source_note} "
+            f"({_config_summary(plan.config)}), "
+            f"e.g. {', '.join(missing[:4])}. The file is incomplete or a different model."
+        )
+    unexpected = [key for key in plan.shapes if key not in expected]
+    if unexpected:
+        raise plan.error(
+            f"{len(unexpected)} unexpected tensor(s) for an Ideogram 4 DiT, e.g. {', '.join(unexpected[:4])}."
+        )
+
+
+def _config_summary(config: DiTConfig) -> str:
+    return ", ".join(f"{item.name}={getattr(config, item.name)}" for item in fields(config)
+                     if item.name in _CONFIG_JSON_KEYS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Materialisation
+# --------------------------------------------------------------------------------------------------
+
+
+def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_fp8: bool) -> dict[str, torch.Tensor]:
+    """Read the tensors of ``plan`` one at a time and convert each as documented in the module docstring."""
+    dequant_dtype = dtype if dtype is not None else torch.bfloat16
+    order = list(expected_dit_shapes(plan.config))
+    scale_keys = sorted({key for parts in plan.entries.values() for part in parts if part.quant is not None
+                         for key in (part.quant.scale_key, part.quant.input_scale_key) if key})
+    scales = dict(iter_tensors(plan.source, scale_keys))
+
+    state_dict: dict[str, torch.Tensor] = {}
+    stored = iter_tensors(plan.source, [part.key for key in order for part in plan.entries[key]])
+    for key in order:
+        parts = plan.entries[key]
+        tensors = [next(stored)[1] for _ in parts]
+        quantised = [part.quant is not None for part in parts]
+        if keep_fp8 and _is_linear_weight(key) and all(quantised) and len({t.dtype for t in tensors}) == 1:
+            layer = key[: -len(".weight")]
+            state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+            row_scales = [_row_scale(part, tensor, scales) for part, tensor in zip(parts, tensors)]
+            state_dict[layer + ".weight_scale"] = torch.cat(row_scales) if len(row_scales) > 1 else row_scales[0]
+            if len(parts) == 1 and parts[0].quant.input_scale_key:
+                state_dict[layer + ".input_scale"] = scales[parts[0].quant.input_scale_key].reshape(()).float()
+            continue
+        converted = [
+            _dequantise(part, tensor, scales, dequant_dtype) if part.quant is not None else _cast(tensor, dtype)
+            for part, tensor in zip(parts, tensors)
+        ]
+        state_dict[key] = torch.cat(converted) if len(converted) > 1 else converted[0]
+    return state_dict
+
+
+def _is_linear_weight(key: str) -> bool:
+    """Official Linear weights: the only tensors the official fp8 release quantises (with ``(out,)`` scales)."""
+    return key.endswith(".weight") and key != MARKER_KEY and "norm" not in key
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or not tensor.is_floating_point():
+        return tensor
+    return tensor.to(dtype)
+
+
+def _dequantise(part: _Part, tensor: torch.Tensor, scales: dict, dtype: torch.dtype) -> torch.Tensor:
+    quant = part.quant
+    if quant.kind == "rowwise":
+        return dequantize_fp8_rowwise(tensor, scales[quant.scale_key].reshape(-1), dtype)
+    if quant.kind == "per_tensor":
+        return dequantize_fp8_per_tensor(tensor, scales[quant.scale_key], dtype)
+    return tensor.to(dtype)  # unscaled fp8: ComfyUI casts it as is
+
+
+def _row_scale(part: _Part, tensor: torch.Tensor, scales: dict) -> torch.Tensor:
+    quant = part.quant
+    rows = tensor.shape[0]
+    if quant.kind == "rowwise":
+        return scales[quant.scale_key].reshape(-1).to(torch.float32)
+    if quant.kind == "per_tensor":
+        return rowwise_scale_from_per_tensor(scales[quant.scale_key], rows)
+    return torch.ones(rows, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_dtype(dtype) -> None:
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point
+                              or dtype in FP8_HEADER_DTYPES.values()):
+        raise ValueError(f"dtype must be a floating torch dtype such as torch.bfloat16 (or None), got {dtype!r}")
+
+
+@dataclass(frozen=True)
+class DiTCheckpointInfo:
+    """What :func:`inspect_dit_checkpoint` learns from the headers: official key -> shape, config, layout."""
+
+    config: DiTConfig
+    shapes: dict[str, tuple[int, ...]]
+    layout: str
+    path: str
+    config_source: str
+
+
+def inspect_dit_checkpoint(path) -> DiTCheckpointInfo:
+    """Layout, config and shapes of a DiT checkpoint, validated, without reading weights.
+
+    Only the headers are read (plus the few-byte ``comfy_quant`` tensors of ComfyUI files). Raises CheckpointError
+    exactly as :func:`load_dit_checkpoint` would for a bad file.
+    """
+    plan = _plan_dit(path)
+    return DiTCheckpointInfo(plan.config, dict(plan.shapes), plan.layout, str(plan.source.path), plan.config_source)
+
+
+def load_dit_checkpoint(path, dtype: torch.dtype | None = torch.bfloat16, keep_fp8: bool = False) -> DiTCheckpoint:
+    """Load an Ideogram 4 DiT from ``path`` (file, shard, index or folder) into official key names.
+
+    dtype: target of non-quantised floating tensors and of de-quantised fp8 weights; None keeps the file's
+    dtypes (fp8 weights are then de-quantised to bf16, the official compute dtype).
+    keep_fp8: keep fp8 weights with a normalised per-row ``weight_scale`` (see the module docstring).
+    Raises CheckpointError (file named, what was found, the supported layouts).
+    """
+    _check_dtype(dtype)
+    plan = _plan_dit(path)
+    return _to_checkpoint(plan, dtype, keep_fp8)
+
+
+def _to_checkpoint(plan: _Plan, dtype, keep_fp8: bool) -> DiTCheckpoint:
+    return DiTCheckpoint(
+        config=plan.config,
+        state_dict=_materialise(plan, dtype, keep_fp8),
+        layout=plan.layout,
+        path=str(plan.source.path),
+        config_source=plan.config_source,
+    )
+
+
+def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bfloat16, keep_fp8: bool = False
+                  ) -> tuple[DiTCheckpoint, DiTCheckpoint]:
+    """Load the conditional and unconditional DiTs, refusing a pair that does not share one config and shape set.
+
+    Both headers are checked before any tensor data is read.
+    """
+    _check_dtype(dtype)
+    cond, uncond = _plan_dit(cond_path), _plan_dit(uncond_path)
+    difference = _first_difference(cond, uncond)
+    if difference is not None:
+        raise CheckpointError(
+            f"the conditional model {cond.file_label} and the unconditional model {uncond.file_label} do not match: "
+            f"{difference}. Both Ideogram 4 transformers must have the same architecture; pick the matching pair "
+            "(e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
+        )
+    return _to_checkpoint(cond, dtype, keep_fp8), _to_checkpoint(uncond, dtype, keep_fp8)
+
+
+def _first_difference(a: _Plan, b: _Plan) -> str | None:
+    order_a, order_b = expected_dit_shapes(a.config), expected_dit_shapes(b.config)  # = the validated shapes
+    for key in list(order_a) + [key for key in order_b if key not in order_a]:
+        shape_a, shape_b = a.shapes.get(key), b.shapes.get(key)
+        if shape_a != shape_b:
+            describe = lambda shape: "absent" if shape is None else str(list(shape))  # noqa: E731
+            return f"first differing tensor {key!r}: {describe(shape_a)} vs {describe(shape_b)}"
+    if a.config != b.config:
+        field_name = next(item.name for item in fields(a.config)
+                          if getattr(a.config, item.name) != getattr(b.config, item.name))
+        return (f"config field {field_name!r} differs: {getattr(a.config, field_name)!r} vs "
+                f"{getattr(b.config, field_name)!r}")
+    return None

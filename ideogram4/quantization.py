@@ -1,0 +1,87 @@
+"""fp8 weight de-quantisation, exactly as the two published fp8 formats define it.
+
+* Official ``ideogram-ai/ideogram-4-fp8`` (per output row): ``<name>.weight`` float8_e4m3fn ``(out, in)`` plus
+  ``<name>.weight_scale`` float32 ``(out,)``. The official ``Fp8Linear`` rebuilds the weight in the compute
+  dtype as ``weight.to(dtype) * weight_scale.to(dtype)[:, None]`` — the scale is rounded to ``dtype``
+  *before* the multiply and the product is rounded to ``dtype``. Doing the product in float32 and rounding
+  once is *not* bit-identical in bf16, so :func:`dequantize_fp8_rowwise` does exactly the official steps.
+* ComfyUI ``comfy_quant`` (per tensor, the Comfy-Org ``*_fp8_scaled`` files): ``<layer>.comfy_quant`` holds
+  the UTF-8 bytes of a JSON object such as ``{"format": "float8_e4m3fn"}``, ``<layer>.weight`` is stored in
+  that fp8 dtype and ``<layer>.weight_scale`` is one scalar. ComfyUI keeps the scale as float32 and its
+  reference (PyTorch) kernel de-quantises as ``weight.to(dtype) * scale.to(dtype)``; that is what
+  :func:`dequantize_fp8_per_tensor` does. (ComfyUI's CUDA/Triton kernels multiply in float32 and round
+  once, which can differ by one bf16 ulp; ComfyUI's own result therefore depends on the backend.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from ideogram4.safetensors_io import CheckpointError
+
+# Largest finite float8_e4m3fn magnitude; the official quantiser maps each row's max |w| onto it.
+FP8_E4M3_MAX = 448.0
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+# ComfyUI comfy_quant "format" values that are plain per-tensor scaled fp8, with their storage dtype.
+COMFY_FP8_FORMATS: dict[str, torch.dtype] = {
+    "float8_e4m3fn": torch.float8_e4m3fn,
+    "float8_e5m2": torch.float8_e5m2,
+}
+
+
+def dequantize_fp8_rowwise(
+    weight_fp8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """Official per-row de-quantisation: ``weight_fp8.to(dtype) * scale.to(dtype)[:, None]``.
+
+    weight_fp8: (out, in) float8; scale: (out,) (any float dtype, stored float32 officially).
+    Returns (out, in) in ``dtype``.
+    """
+    if weight_fp8.dim() != 2:
+        raise ValueError(
+            f"dequantize_fp8_rowwise: expected a 2-D (out, in) weight, got shape {tuple(weight_fp8.shape)}")
+    if scale.shape != (weight_fp8.shape[0],):
+        raise ValueError(
+            f"dequantize_fp8_rowwise: expected a per-row scale of shape ({weight_fp8.shape[0]},) for a weight of shape "
+            f"{tuple(weight_fp8.shape)}, got {tuple(scale.shape)}"
+        )
+    return weight_fp8.to(dtype) * scale.to(dtype)[:, None]
+
+
+def dequantize_fp8_per_tensor(
+    weight_fp8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.bfloat16
+) -> torch.Tensor:
+    """ComfyUI per-tensor de-quantisation: scale taken as float32 (as ComfyUI stores it), then
+    ``weight_fp8.to(dtype) * scale.to(dtype)``.
+
+    weight_fp8: any shape, float8; scale: one element (shape () or (1,)). Returns weight's shape in ``dtype``.
+    """
+    if scale.numel() != 1:
+        raise ValueError(f"dequantize_fp8_per_tensor: expected a single-element scale, got shape {tuple(scale.shape)}")
+    return weight_fp8.to(dtype) * scale.reshape(()).to(torch.float32).to(dtype)
+
+
+def parse_comfy_quant(tensor: torch.Tensor, where: str = "comfy_quant") -> dict:
+    """Decode a ``<layer>.comfy_quant`` tensor (uint8 bytes of a JSON object) into a dict with a ``"format"``.
+
+    ``where`` names the tensor (file and key) in error messages.
+    """
+    try:
+        config = json.loads(tensor.detach().cpu().to(torch.uint8).numpy().tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise CheckpointError(f"{where}: not a UTF-8 JSON comfy_quant entry ({error}).") from None
+    if not isinstance(config, dict) or not isinstance(config.get("format"), str):
+        raise CheckpointError(f'{where}: expected a JSON object with a "format" string, found {config!r}.')
+    return config
+
+
+def rowwise_scale_from_per_tensor(scale: torch.Tensor, rows: int) -> torch.Tensor:
+    """A per-tensor scale as the equivalent per-row float32 ``(rows,)`` scale.
+
+    Exact: with it, the per-row formula gives the same bits as the per-tensor one (ComfyUI keeps the
+    scale in float32 before rounding it to the compute dtype, as the per-row formula does).
+    """
+    return scale.reshape(()).to(torch.float32).expand(rows).contiguous()
