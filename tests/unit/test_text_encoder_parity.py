@@ -1,0 +1,248 @@
+"""The pack's Qwen3-VL text encoder against transformers' Qwen3-VL and diffusers' Ideogram4Pipeline.encode_prompt.
+
+A tiny random Qwen3-VL (36 decoder layers so tap 35 exists, hidden 32, 4 query / 2 KV heads, head dim 8, the
+real 151936-token vocabulary so real token ids work) in float32. Every parameter, RMSNorm weights included, is
+randomised so that swapped or skipped weights show.
+"""
+
+import functools
+import types
+
+import pytest
+import torch
+
+from ideogram4.constants import QWEN3_VL_ACTIVATION_LAYERS
+from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts
+from ideogram4.tokens import PAD_TOKEN_ID, load_tokenizer, tokenize_prompt, tokenize_prompts
+
+transformers = pytest.importorskip("transformers")
+
+HF_PREFIX = "model.language_model."
+TOLERANCE = 1e-5
+PROMPTS = {
+    "json": '{"summary":"A red fox in snow","style":"photo","text":[]}',
+    "plain": "a cat holding a sign that says hello world",
+    "short": "hi",
+}
+
+# The user-turn part of Qwen3-VL-Instruct's chat template. diffusers renders prompts through the tokenizer's
+# own template, and the Qwen2.5 tokenizer files used here carry Qwen2.5's (which adds a default system
+# prompt), so the oracle tokenizer gets this one instead.
+QWEN3_VL_USER_TURN_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}"
+    "{%- else %}{%- for content in message.content %}{%- if 'text' in content %}{{- content.text }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def tiny_qwen3_vl(seed: int = 0):
+    """A random fp32 Qwen3VLForConditionalGeneration with a 36-layer tiny language model (SDPA attention)."""
+    config = transformers.Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=36, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 1, 1],
+                             "mrope_interleaved": True},
+        ),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           deepstack_visual_indexes=[0], num_position_embeddings=16),
+    )
+    config._attn_implementation = "sdpa"
+    config.text_config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            # Scales chosen so hidden states stay O(1-10) over 36 layers: float32 round-off between
+            # differently shaped (batched/padded) computations then stays well below the 1e-5 tolerance.
+            if "norm" in name:
+                parameter.copy_(1.0 + 0.2 * noise)
+            else:
+                parameter.copy_((1.0 if "embed_tokens" in name else 0.1) * noise)
+    return model
+
+
+def pack_encoder_from(model, dtype=torch.float32) -> Qwen3VLTextEncoder:
+    """The pack's encoder holding the same language-model weights (HF prefix stripped)."""
+    text_config = Qwen3VLTextConfig.from_hf_config(model.config.to_dict())
+    encoder = Qwen3VLTextEncoder(text_config, dtype=dtype)
+    state = {key[len(HF_PREFIX):]: value for key, value in model.state_dict().items() if key.startswith(HF_PREFIX)}
+    state = {key: value for key, value in state.items() if key in encoder.state_dict()}
+    encoder.load_state_dict(state, strict=True)
+    return encoder.eval()
+
+
+def transformers_taps(model, input_ids, attention_mask=None):
+    """Outputs of the tapped decoder layers from transformers' own forward: 13 x (B, L, hidden)."""
+    language_model = model.model.language_model
+    captured = {}
+    handles = [
+        language_model.layers[index].register_forward_hook(
+            lambda module, args, output, index=index: captured.__setitem__(index, output)
+        )
+        for index in QWEN3_VL_ACTIVATION_LAYERS
+    ]
+    # Positions count from each row's first real token, as in the official packing.
+    if attention_mask is None:
+        position_ids = None
+    else:
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    try:
+        with torch.no_grad():
+            language_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [captured[index] for index in QWEN3_VL_ACTIVATION_LAYERS]
+
+
+def interleave(taps):
+    """Official layout by hand: feature[h*13 + tap] = taps[tap][h]."""
+    batch, length, hidden = taps[0].shape
+    features = torch.zeros(batch, length, hidden * len(taps))
+    for tap_index, tap in enumerate(taps):
+        features[..., tap_index :: len(taps)] = tap.float()
+    return features
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    return tiny_qwen3_vl()
+
+
+@pytest.fixture(scope="module")
+def encoder(hf_model):
+    return pack_encoder_from(hf_model)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_tokenizer_once(directory: str):
+    return load_tokenizer(directory)  # ~2 s to build from vocab.json + merges.txt
+
+
+@pytest.fixture
+def tokenizer(qwen_tokenizer_dir):
+    return _load_tokenizer_once(str(qwen_tokenizer_dir))
+
+
+def test_encoder_builds_layers_0_to_35_only(encoder):
+    assert len(encoder.layers) == 36 == QWEN3_VL_ACTIVATION_LAYERS[-1] + 1
+    names = {name for name, _ in encoder.named_modules()}
+    assert "norm" not in names and "lm_head" not in names and not any("visual" in name for name in names)
+
+
+@pytest.mark.parametrize("prompt_name", sorted(PROMPTS))
+def test_single_prompt_features_equal_transformers_taps(hf_model, encoder, tokenizer, prompt_name):
+    ids = torch.tensor([tokenize_prompt(tokenizer, PROMPTS[prompt_name])])
+    expected = interleave(transformers_taps(hf_model, ids))
+
+    features, lengths = encode_prompts(encoder, tokenizer, [PROMPTS[prompt_name]])
+
+    assert lengths == [ids.shape[1]]
+    assert features.dtype == torch.float32
+    assert features.shape == (1, ids.shape[1], 32 * 13)
+    assert (features - expected).abs().max().item() <= TOLERANCE
+    # Guard against a vacuous comparison: the taps differ from each other and from zero.
+    assert expected.abs().max() > 0.1
+    assert (expected[..., 0::13] - expected[..., 12::13]).abs().max() > 0.1
+
+
+def test_padded_batch_equals_transformers_on_real_rows(hf_model, encoder, tokenizer):
+    prompts = [PROMPTS["plain"], PROMPTS["short"]]
+    features, lengths = encode_prompts(encoder, tokenizer, prompts)
+    longest = max(lengths)
+    assert lengths[0] != lengths[1] and features.shape[1] == longest
+
+    ids = torch.full((2, longest), PAD_TOKEN_ID)
+    mask = torch.zeros((2, longest), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        row_ids = tokenize_prompt(tokenizer, prompt)
+        ids[row, longest - len(row_ids):] = torch.tensor(row_ids)
+        mask[row, longest - len(row_ids):] = 1
+    expected = interleave(transformers_taps(hf_model, ids, mask))
+
+    for row, length in enumerate(lengths):
+        real = slice(longest - length, longest)
+        assert (features[row, real] - expected[row, real]).abs().max().item() <= TOLERANCE
+        assert torch.count_nonzero(features[row, : longest - length]) == 0
+
+
+def test_batch_rows_equal_single_prompt_features(encoder, tokenizer):
+    prompts = [PROMPTS["json"], PROMPTS["short"]]
+    batch_features, lengths = encode_prompts(encoder, tokenizer, prompts)
+    longest = max(lengths)
+    for row, prompt in enumerate(prompts):
+        single, (length,) = encode_prompts(encoder, tokenizer, [prompt])
+        assert length == lengths[row]
+        assert (batch_features[row, longest - length:] - single[0]).abs().max().item() <= TOLERANCE
+        assert torch.count_nonzero(batch_features[row, : longest - length]) == 0
+        assert torch.isfinite(batch_features[row]).all()
+
+
+def test_features_equal_diffusers_encode_prompt_on_real_rows(hf_model, encoder, tokenizer, qwen_tokenizer_dir):
+    """diffusers 0.42.1 ``Ideogram4Pipeline.encode_prompt`` on the same weights and tokens.
+
+    Deviations of the oracle, and how the test handles them: diffusers pads the text region to
+    ``max_sequence_length`` (2048 by default; 64 here) and appends zero rows for the image tokens, so only its
+    real-text rows are compared; it renders prompts with the tokenizer's chat template, so the oracle tokenizer
+    carries Qwen3-VL's user-turn template (the test data's Qwen2.5 template would add a system prompt); its
+    ``text_encoder`` is a ``Qwen3VLModel`` (what the official loader's AutoModel builds).
+    """
+    diffusers = pytest.importorskip("diffusers")
+    from diffusers.pipelines.ideogram4.pipeline_ideogram4 import Ideogram4Pipeline
+
+    oracle_tokenizer = transformers.AutoTokenizer.from_pretrained(str(qwen_tokenizer_dir))
+    oracle_tokenizer.chat_template = QWEN3_VL_USER_TURN_TEMPLATE
+    pipeline_like = types.SimpleNamespace(
+        tokenizer=oracle_tokenizer,
+        text_encoder=hf_model.model,
+        _prepare_ids=Ideogram4Pipeline._prepare_ids,
+        _get_text_encoder_hidden_states=Ideogram4Pipeline._get_text_encoder_hidden_states,
+    )
+    prompts = [PROMPTS["json"], PROMPTS["plain"]]
+    max_sequence_length = 64
+    with torch.no_grad():
+        prompt_embeds, _, _, indicator = Ideogram4Pipeline.encode_prompt(
+            pipeline_like, prompts, grid_h=1, grid_w=1, max_sequence_length=max_sequence_length,
+            device=torch.device("cpu"),
+        )
+
+    features, lengths = encode_prompts(encoder, tokenizer, prompts)
+    longest = max(lengths)
+    for row, length in enumerate(lengths):
+        oracle_rows = prompt_embeds[row, max_sequence_length - length : max_sequence_length]
+        assert (indicator[row, max_sequence_length - length : max_sequence_length] == 3).all()
+        assert (features[row, longest - length:] - oracle_rows).abs().max().item() <= TOLERANCE
+
+
+def test_bfloat16_compute_matches_transformers_bfloat16(tokenizer):
+    """In bf16 (the official dtype) the pack computes what transformers computes, to the bit on this CPU, for a
+    single prompt and for a left-padded batch. Bit equality also pins what float32 tolerances cannot see:
+    positions counted from each row's first real token (RoPE is shift-invariant in exact arithmetic, not in
+    bf16) and transformers' RMSNorm rounding."""
+    # Parameters in bf16 but RoPE's inv_freq buffer left in float32, as the official loader leaves it
+    # (AutoModel.from_config in float32, then bf16 tensors assigned).
+    bf16_model = tiny_qwen3_vl()
+    for parameter in bf16_model.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    encoder = pack_encoder_from(bf16_model, dtype=torch.bfloat16)
+
+    ids = torch.tensor([tokenize_prompt(tokenizer, PROMPTS["plain"])])
+    features, _ = encode_prompts(encoder, tokenizer, [PROMPTS["plain"]])
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, interleave(transformers_taps(bf16_model, ids)), rtol=0, atol=0)
+
+    prompts = [PROMPTS["json"], PROMPTS["short"]]
+    batch = tokenize_prompts(tokenizer, prompts)
+    expected = interleave(transformers_taps(bf16_model, batch.input_ids, batch.attention_mask.long()))
+    features, lengths = encode_prompts(encoder, tokenizer, prompts)
+    longest = max(lengths)
+    for row, length in enumerate(lengths):
+        torch.testing.assert_close(features[row, longest - length:], expected[row, longest - length:], rtol=0, atol=0)
