@@ -1,0 +1,297 @@
+"""Write the example workflows in workflows/ (ComfyUI UI format, version 0.4, as the frontend saves it).
+
+    python tools/build_workflows.py            # rewrite workflows/*.json
+    python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
+
+One small graph builder keeps the four files consistent: the same loaders with the same download hints
+(``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
+The node schemas below mirror the pack's node definitions (nodes/) and the native nodes used; the host tests
+check every file against a live server's ``/object_info``, so a drift shows up there.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORKFLOWS_DIR = REPO_ROOT / "workflows"
+PACK_ID = "comfyui-ideogram4-reference"  # the registry id in pyproject.toml (cnr_id)
+PACK_VERSION = "0.1.0"
+
+DIT_FILE = "ideogram4_fp8_scaled.safetensors"
+UNCOND_DIT_FILE = "ideogram4_unconditional_fp8_scaled.safetensors"
+TEXT_ENCODER_FILE = "qwen3vl_8b_fp8_scaled.safetensors"
+VAE_FILE = "flux2-vae.safetensors"
+MODEL_HINTS = {
+    DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
+    UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
+    TEXT_ENCODER_FILE: ("https://huggingface.co/Comfy-Org/Qwen3-VL/resolve/main/text_encoders/" + TEXT_ENCODER_FILE, "text_encoders"),
+    VAE_FILE: ("https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/" + VAE_FILE, "vae"),
+}
+
+# Official presets: (combo label, steps, mu, std, guidance schedule text in sampling order).
+PRESETS = {
+    "Default 20": (20, 0.0, 1.75, "7x18,3x2"),
+    "Quality 48": (48, 0.0, 1.5, "7x45,3x3"),
+    "Turbo 12": (12, 0.5, 1.75, "7x11,3x1"),
+}
+
+# Node schemas: inputs in declaration order as (name, type, is_widget), outputs as (name, type).
+# A widget named "seed" carries ComfyUI's extra control_after_generate entry in widgets_values.
+SCHEMAS = {
+    "Ideogram4RefDiTLoader": (
+        [("cond_model_name", "COMBO", True), ("uncond_model_name", "COMBO", True), ("weight_dtype", "COMBO", True)],
+        [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
+    ),
+    "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
+    "Ideogram4RefTextEncode": (
+        [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("prompt", "STRING", True)],
+        [("CONDITIONING", "CONDITIONING")],
+    ),
+    "Ideogram4RefSampler": (
+        [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("conditioning", "CONDITIONING", False),
+         ("preset", "COMBO", True), ("steps", "INT", True), ("mu", "FLOAT", True), ("std", "FLOAT", True),
+         ("guidance_schedule", "STRING", True), ("seed", "INT", True), ("width", "INT", True), ("height", "INT", True),
+         ("batch_size", "INT", True), ("latent", "LATENT", False), ("denoise", "FLOAT", True)],
+        [("LATENT", "LATENT")],
+    ),
+    "Ideogram4RefScheduler": (
+        [("preset", "COMBO", True), ("steps", "INT", True), ("mu", "FLOAT", True), ("std", "FLOAT", True),
+         ("width", "INT", True), ("height", "INT", True), ("denoise", "FLOAT", True)],
+        [("SIGMAS", "SIGMAS")],
+    ),
+    "Ideogram4RefGuider": (
+        [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("conditioning", "CONDITIONING", False),
+         ("preset", "COMBO", True), ("steps", "INT", True), ("guidance_schedule", "STRING", True)],
+        [("GUIDER", "GUIDER")],
+    ),
+    "Ideogram4RefNoise": ([("seed", "INT", True)], [("NOISE", "NOISE")]),
+    "Ideogram4RefEmptyLatent": ([("width", "INT", True), ("height", "INT", True), ("batch_size", "INT", True)], [("LATENT", "LATENT")]),
+    "Ideogram4RefVAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
+    "Ideogram4RefVAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False), ("tiled", "BOOLEAN", True)], [("IMAGE", "IMAGE")]),
+    "KSamplerSelect": ([("sampler_name", "COMBO", True)], [("SAMPLER", "SAMPLER")]),
+    "SamplerCustomAdvanced": (
+        [("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
+         ("sigmas", "SIGMAS", False), ("latent_image", "LATENT", False)],
+        [("output", "LATENT"), ("denoised_output", "LATENT")],
+    ),
+    "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
+}
+# Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
+OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"}}
+NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
+# The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
+CAPTION = {
+    "high_level_description": "A hand-painted wooden sign reading \"FRESH BREAD\" hangs in the sunlit window of a "
+                              "small bakery.",
+    "style_description": {
+        "aesthetics": "warm, cozy and inviting",
+        "lighting": "soft golden morning sunlight from the left",
+        "photo": "shallow depth of field, 50mm lens, eye level",
+        "medium": "photograph",
+        "color_palette": ["#C8893B", "#F3E3C3", "#5A3A22", "#2F4F3A"],
+    },
+    "compositional_deconstruction": {
+        "background": "The inside of a bakery, softly out of focus: wooden shelves with loaves of bread and a glass "
+                      "counter.",
+        "elements": [
+            {"type": "obj", "bbox": [180, 220, 620, 780],
+             "desc": "A rectangular hand-painted wooden sign hanging from two short chains, with a worn dark green "
+                     "border.",
+             "color_palette": ["#5A3A22", "#2F4F3A"]},
+            {"type": "text", "bbox": [300, 280, 500, 720], "text": "FRESH BREAD",
+             "desc": "Cream-coloured hand-lettered capitals with a slight drop shadow, centred on the sign.",
+             "color_palette": ["#F3E3C3"]},
+            {"type": "obj", "bbox": [700, 100, 950, 900],
+             "desc": "A row of crusty golden loaves on the window sill, catching the light."},
+        ],
+    },
+}
+PROMPT = json.dumps(CAPTION, separators=(",", ":"), ensure_ascii=False)
+
+
+class Graph:
+    """Collects nodes and links in the UI format; ``add`` returns the node id, ``link`` wires outputs to inputs."""
+
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, node_type, pos, size, widgets=None, title=None, models=None):
+        node_id = len(self.nodes) + 1
+        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
+                "order": node_id - 1, "mode": 0, "inputs": [], "outputs": []}
+        if node_type == "Note":
+            node["properties"] = {}
+            node["widgets_values"] = [widgets]
+            node["color"], node["bgcolor"] = "#432", "#653"
+        else:
+            inputs, outputs = SCHEMAS[node_type]
+            # The frontend lists socket inputs first, then the widgets (each also usable as an input socket).
+            node["inputs"] = [{"localized_name": n, "name": n, "type": t, "link": None} for n, t, w in inputs if not w]
+            node["inputs"] += [{"localized_name": n, "name": n, "type": t, "widget": {"name": n}, "link": None}
+                               for n, t, w in inputs if w]
+            node["outputs"] = [{"localized_name": n, "name": n, "type": t, "links": [], "slot_index": i}
+                               for i, (n, t) in enumerate(outputs)]
+            native = node_type in NATIVE_TYPES
+            node["properties"] = {"Node name for S&R": node_type, "cnr_id": "comfy-core" if native else PACK_ID,
+                                  "ver": "0.3.64" if native else PACK_VERSION}
+            if models:
+                node["properties"]["models"] = [{"name": name, "url": MODEL_HINTS[name][0], "directory": MODEL_HINTS[name][1]}
+                                                for name in models]
+            node["widgets_values"] = list(widgets or [])
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        return node_id
+
+    def link(self, origin_id, origin_name, target_id, target_name):
+        origin, target = self.nodes[origin_id - 1], self.nodes[target_id - 1]
+        slot = next(i for i, o in enumerate(origin["outputs"]) if o["name"] == origin_name)
+        target_slot = next(i for i, s in enumerate(target["inputs"]) if s["name"] == target_name)
+        link_id = len(self.links) + 1
+        link_type = origin["outputs"][slot]["type"]
+        self.links.append([link_id, origin_id, slot, target_id, target_slot, link_type])
+        origin["outputs"][slot]["links"].append(link_id)
+        target["inputs"][target_slot]["link"] = link_id
+
+    def workflow(self):
+        models = []
+        for node in self.nodes:
+            for hint in node.get("properties", {}).get("models", []):
+                if hint not in models:
+                    models.append(hint)
+        return {
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 60]}, "frontendVersion": "1.28.6"},
+            "models": models, "version": 0.4,
+        }
+
+
+def _loaders(graph, y=120):
+    dit = graph.add("Ideogram4RefDiTLoader", (40, y), (380, 130), [DIT_FILE, UNCOND_DIT_FILE, "default"],
+                    models=[DIT_FILE, UNCOND_DIT_FILE])
+    te = graph.add("Ideogram4RefTextEncoderLoader", (40, y + 180), (380, 60), [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
+    vae = graph.add("Ideogram4RefVAELoader", (40, y + 290), (380, 60), [VAE_FILE], models=[VAE_FILE])
+    encode = graph.add("Ideogram4RefTextEncode", (460, y + 180), (420, 200), [PROMPT])
+    graph.link(te, "IDEOGRAM4_TEXT_ENCODER", encode, "text_encoder")
+    return dit, encode, vae
+
+
+def _loader_note(preset_name):
+    steps, _, _, guidance = PRESETS[preset_name]
+    return (
+        "Ideogram 4 (reference) - text to image\n\n"
+        "Put these files in your ComfyUI models folders (the download links are in the workflow, ComfyUI offers them "
+        "when a file is missing):\n"
+        f"  models/diffusion_models/{DIT_FILE}\n  models/diffusion_models/{UNCOND_DIT_FILE}\n"
+        f"  models/text_encoders/{TEXT_ENCODER_FILE}\n  models/vae/{VAE_FILE}\n\n"
+        "How it works: the text encoder reads your prompt; the sampler runs two image models each step - one that "
+        "sees the prompt and one that sees only the image - and mixes them by the guidance weight; the VAE turns "
+        "the result into pixels.\n\n"
+        f"Preset '{preset_name}': {steps} steps, guidance schedule {guidance} (7 for most steps, 3 for the final "
+        "polish steps). Pick 'Custom' on the sampler to set steps, mu, std and the guidance schedule yourself, "
+        "e.g. '7x18,3x2' = 18 steps at 7 then 2 at 3.\n\n"
+        "The prompt is a JSON caption, the form the model was trained on: a short description, the style "
+        "(lighting, medium, colours as #RRGGBB) and the elements with optional boxes (0-1000) - a \"text\" element "
+        "is lettering to render. Plain text works too but gives weaker images. The Text Encode node checks the "
+        "caption and shows any problem.\n\n"
+        "Width and height must be multiples of 16. No negative prompt is needed."
+    )
+
+
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    steps, mu, std, guidance = PRESETS[preset_name]
+    graph = Graph()
+    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
+    dit, encode, vae = _loaders(graph)
+    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
+    save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
+    graph.link(dit, "cond_model", sampler, "cond_model")
+    graph.link(dit, "uncond_model", sampler, "uncond_model")
+    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
+def native_interop_workflow():
+    preset_name, width, height = "Default 20", 1024, 1024
+    steps, mu, std, guidance = PRESETS[preset_name]
+    graph = Graph()
+    note = (
+        "Ideogram 4 (reference) with ComfyUI's own sampler nodes\n\n"
+        "Same result as the one-node sampler, built from parts so you can swap pieces: the pack's Scheduler gives "
+        "the official noise levels (SIGMAS), the pack's Guider mixes the prompt model and the image-only model by "
+        "the per-step guidance schedule (GUIDER), the pack's Noise gives the official starting noise for a seed, "
+        "and ComfyUI's SamplerCustomAdvanced runs the steps with the 'euler' sampler. ComfyUI's VAE Decode turns "
+        "the latent into pixels with the pack's VAE.\n\n"
+        "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    dit, encode, vae = _loaders(graph)
+    guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
+    scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
+    noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
+    select = graph.add("KSamplerSelect", (920, 750), (340, 60), ["euler"])
+    latent = graph.add("Ideogram4RefEmptyLatent", (920, 850), (340, 110), [width, height, 1])
+    sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
+    decode = graph.add("VAEDecode", (1640, 120), (220, 50))
+    save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
+    graph.link(dit, "cond_model", guider, "cond_model")
+    graph.link(dit, "uncond_model", guider, "uncond_model")
+    graph.link(encode, "CONDITIONING", guider, "conditioning")
+    graph.link(noise, "NOISE", sampler, "noise")
+    graph.link(guider, "GUIDER", sampler, "guider")
+    graph.link(select, "SAMPLER", sampler, "sampler")
+    graph.link(scheduler, "SIGMAS", sampler, "sigmas")
+    graph.link(latent, "LATENT", sampler, "latent_image")
+    graph.link(sampler, "output", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
+def all_workflows() -> dict[str, dict]:
+    """File name -> workflow."""
+    return {
+        "ideogram4_text_to_image.json": one_node_sampler_workflow("Default 20", 1024, 1024, "ideogram4/text_to_image"),
+        "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
+        "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
+        "ideogram4_native_interop.json": native_interop_workflow(),
+    }
+
+
+def render(workflow: dict) -> str:
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is out of date")
+    parser.add_argument("--out", type=pathlib.Path, default=WORKFLOWS_DIR, help="folder to write (default: workflows/)")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, workflow in all_workflows().items():
+        path = args.out / name
+        text = render(workflow)
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date (run python tools/build_workflows.py): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
