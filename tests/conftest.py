@@ -24,7 +24,7 @@ def _deterministic_torch():
     torch.set_float32_matmul_precision(previous)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def qwen_tokenizer_dir():
     if not (QWEN_TOKENIZER_DIR / "vocab.json").is_file():
         pytest.skip(f"Qwen tokenizer data not found at {QWEN_TOKENIZER_DIR}")

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The one command a session with a GPU runs, from the repository root, on the GPU machine:
+#
+#   HERE:  bash benchmarks/prepare_gpu_upload.sh step            # wheels + ComfyUI sources into .whl/ (58 MB)
+#   THERE: bash benchmarks/gpu_run.sh                            # device tool: carry [".whl"], timeout_s 600
+#
+# Phases (PHASES="check main compile" by default; each under its own time limit, each writing its JSON as it
+# goes, so a phase that runs out of time keeps what it measured and the next phase still runs):
+#   check    fp32, small config, 512^2: pack vs native vs diffusers agree to rounding (catches convention slips
+#            in seconds, before the full-size run)                                            ~30 s (limit 120 s)
+#   main     bf16, full 9.28 B config, random weights shared by the three implementations: correctness at 1024^2
+#            (relative error <= 1e-2), then the step (cond + uncond) at 1024^2 and 2048^2 for the pack, its lever
+#            variants (SDPA backends, fused norm+RoPE, two streams, CUDA graphs, manual RMSNorm), ComfyUI native
+#            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 330 s)
+#   compile  torch.compile of the block (opt-in lever: costs compile time), with and without cuDNN attention,
+#            against native (limit 140 s: 1024^2 first, 2048^2 if time is left)
+#   memory   (not in the default list; needs `prepare_gpu_upload.sh memory` instead of `step`) the whole pipeline
+#            at 1024^2, V4_DEFAULT_20, fp8 weights, under ComfyUI model management capped at 24 and 12 GiB; writes
+#            ~28 GB of random full-size stand-in files to /tmp/i4-models first (limit 560 s)
+# Device time is 15 min per session, machine start included: run PHASES="check main" (<= 450 s), then at once,
+# while the machine is still warm, PHASES=compile (<= 140 s). The memory phase needs a session of its own.
+# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
+# are printed at the end of each phase. Copy the figures into benchmarks/RESULTS.md with the card and the date.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT"
+PHASES="${PHASES:-check main compile}"
+VARIANTS="${VARIANTS:-sdpa=flash,sdpa=cudnn,sdpa=efficient,normrope,sdpa=cudnn+normrope,streams,graphs,rmsnorm=manual}"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "gpu_run: installing the carried wheels failed" >&2; exit 3; }
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ -f .whl/comfyui-src.tar.gz ]; then
+  mkdir -p /tmp/comfyui && tar -xzf .whl/comfyui-src.tar.gz -C /tmp/comfyui && export COMFYUI_PATH=/tmp/comfyui
+  cp .whl/comfyui-version.txt "$OUT/" 2>/dev/null || true
+fi
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  date -u +"%Y-%m-%d %H:%M UTC"
+} 2>&1 | tee "$OUT/gpu.txt"
+
+status=0
+for phase in $PHASES; do
+  case "$phase" in
+    check)
+      timeout 120 "$PY" -m benchmarks.dit_step --device cuda --config small --dtype fp32 --sizes 512 \
+        --check-only --json "$OUT/check_fp32.json" 2>&1 | tee "$OUT/check.log" || status=1 ;;
+    main)
+      timeout 330 "$PY" -m benchmarks.dit_step --device cuda --config full --dtype bf16 --sizes 1024 2048 \
+        --repeats 5 --warmup 2 --pack-variants "$VARIANTS" --json "$OUT/results.json" 2>&1 | tee "$OUT/main.log" \
+        || status=1 ;;
+    compile)
+      timeout 140 "$PY" -m benchmarks.dit_step --device cuda --config full --dtype bf16 --sizes 1024 2048 \
+        --repeats 5 --warmup 2 --implementations pack,native --pack-variants "compile,sdpa=cudnn+compile" \
+        --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" || status=1 ;;
+    memory)
+      # needs the other upload: bash benchmarks/prepare_gpu_upload.sh memory
+      timeout 560 "$PY" -m benchmarks.memory_tiers --make-models full --models-dir /tmp/i4-models --caps 24 12 \
+        --size 1024 --runs 2 --timeout 240 --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" || status=1 ;;
+    *) echo "gpu_run: unknown phase $phase (check, main, compile, memory)" >&2; status=2 ;;
+  esac
+done
+exit $status

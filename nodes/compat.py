@@ -1,0 +1,88 @@
+"""Feature detection for the ComfyUI APIs that differ between the supported hosts (0.3.64 .. 0.33).
+
+Newer APIs are detected, never inferred from a version string.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import comfy.latent_formats
+import comfy.model_patcher
+import torch
+
+
+def patcher_class():
+    """``CoreModelPatcher`` where the host has it (resolved at call time: ComfyUI's main.py rebinds it to the
+    dynamic-VRAM patcher when that is on), else the classic ``ModelPatcher``."""
+    return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+
+
+def new_patcher(model: torch.nn.Module, load_device, offload_device):
+    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free."""
+    return patcher_class()(model, load_device=load_device, offload_device=offload_device)
+
+
+def is_dynamic(patcher) -> bool:
+    """True for a dynamic-VRAM patcher (weights must then be assigned, not copied, when loaded)."""
+    check = getattr(patcher, "is_dynamic", None)
+    return bool(check()) if callable(check) else False
+
+
+def load_weights(patcher, module: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load ``state_dict`` into ``module`` (owned by ``patcher``) strictly.
+
+    ``assign=True`` under a dynamic patcher (ComfyUI pages the assigned tensors in per forward), a plain copy
+    otherwise, as ComfyUI's own loaders do. A mismatch raises a ValueError naming the keys.
+    """
+    kwargs = {}
+    if "assign" in inspect.signature(module.load_state_dict).parameters:
+        kwargs["assign"] = is_dynamic(patcher)
+    missing, unexpected = module.load_state_dict(state_dict, strict=False, **kwargs)
+    if missing or unexpected:
+        raise ValueError(
+            f"the weights do not fit the model: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+
+
+def archive_dtypes(module: torch.nn.Module) -> None:
+    """Record parameter dtypes where the host needs them for dynamic loading (2026 hosts); no-op elsewhere."""
+    import comfy.model_management
+
+    archive = getattr(comfy.model_management, "archive_model_dtypes", None)
+    if archive is not None:
+        archive(module)
+
+
+class Ideogram4LatentFormat(comfy.latent_formats.LatentFormat):
+    """The pack's LATENT on hosts without ``latent_formats.Flux2``: 128 channels at 1/16 resolution, stored as is
+    (no scale or shift: the samples already are Ideogram-normalised tokens). No RGB preview factors."""
+
+    latent_channels = 128
+    spacial_downscale_ratio = 16
+
+    def process_in(self, latent):
+        return latent
+
+    def process_out(self, latent):
+        return latent
+
+
+def latent_format_class():
+    """The LATENT format class of Ideogram 4 samples: ComfyUI's FLUX.2 format where the host has it (same
+    128-channel layout; gives Latent2RGB previews), else :class:`Ideogram4LatentFormat`."""
+    return getattr(comfy.latent_formats, "Flux2", None) or Ideogram4LatentFormat
+
+
+def latent_format():
+    """An instance of :func:`latent_format_class`."""
+    return latent_format_class()()
+
+
+def inference_dtype(base_model) -> torch.dtype:
+    """The dtype a ComfyUI ``BaseModel`` computes in (``get_dtype_inference`` on newer hosts; on older ones the
+    manual-cast dtype if set, else the weight dtype)."""
+    getter = getattr(base_model, "get_dtype_inference", None)
+    if getter is not None:
+        return getter()
+    return base_model.manual_cast_dtype or base_model.get_dtype()

@@ -1,0 +1,137 @@
+"""Ideogram 4 DiT Loader: the conditional and the unconditional transformer as two ComfyUI MODELs.
+
+Weight dtype choices (compute dtype: bf16 where the load device supports it, the official dtype, else fp32):
+
+* ``default``: fp8 files stay fp8 in memory (de-quantised per layer at cast time, bit-identical to
+  de-quantising at load); other files are held in the compute dtype.
+* ``bf16``: every weight de-quantised / cast to bf16 once at load (the official pipeline's memory layout);
+  computes in bf16.
+* ``fp8``: every block Linear held in fp8 with a per-row scale; unquantised files are quantised per row (lossy).
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import folder_paths
+import torch
+from comfy_api.latest import io
+
+from ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
+
+from . import compat
+from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, quantize_rowwise
+from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
+from .settings import CATEGORY
+
+WEIGHT_DTYPES = ["default", "bf16", "fp8"]
+MODEL_FOLDER = "diffusion_models"
+
+
+def compute_dtype_for(device) -> torch.dtype:
+    """bf16 (the official compute dtype) where ComfyUI would use it on ``device``, else fp32."""
+    return torch.bfloat16 if comfy.model_management.should_use_bf16(device) else torch.float32
+
+
+def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, quantize_to_fp8: bool = False,
+                      load_device=None, offload_device=None):
+    """A ComfyUI patcher around an :class:`Ideogram4Model` holding ``checkpoint``'s weights.
+
+    Weights stay as the checkpoint holds them (tensors loaded with ``keep_fp8=True`` keep their fp8 weight and
+    per-row ``weight_scale``); ``quantize_to_fp8`` also stores every other ``layers.*`` Linear weight in fp8.
+    """
+    load_device = comfy.model_management.get_torch_device() if load_device is None else load_device
+    offload_device = comfy.model_management.unet_offload_device() if offload_device is None else offload_device
+    state = dict(checkpoint.state_dict)
+    scales = {key[: -len(".weight_scale")]: value for key, value in state.items() if key.endswith(".weight_scale")}
+    for key in [key for key in state if key.endswith(".input_scale")]:
+        del state[key]  # activation scale of ComfyUI's fp8 matmuls; the weight-only official path does not use it
+    if quantize_to_fp8:
+        for key, weight in list(state.items()):
+            layer = key[: -len(".weight")]
+            if key.startswith("layers.") and key.endswith(".weight") and weight.ndim == 2 and layer not in scales:
+                state[key], scales[layer] = quantize_rowwise(weight)
+                state[layer + ".weight_scale"] = scales[layer]
+
+    config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})
+    if scales:
+        config.custom_operations = Ideogram4Fp8Ops
+        config.set_inference_dtype(compute_dtype, compute_dtype)
+    else:
+        stored = state["input_proj.weight"].dtype
+        config.set_inference_dtype(stored, None if stored == compute_dtype else compute_dtype)
+    model = Ideogram4Model(config)
+    for layer, scale in scales.items():
+        make_fp8_layer(model.diffusion_model.get_submodule(layer), scale)
+    compat.archive_dtypes(model.diffusion_model)
+
+    patcher = compat.new_patcher(model, load_device=load_device, offload_device=offload_device)
+    try:
+        compat.load_weights(patcher, model.diffusion_model, state)
+    except ValueError as error:
+        raise ValueError(f"Ideogram 4 DiT {checkpoint.path}: {error}") from None
+    return patcher
+
+
+def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
+    """(cond patcher, uncond patcher) for two checkpoint files; ``weight_dtype`` is one of :data:`WEIGHT_DTYPES`.
+
+    The files are read one after the other, each state dict released once its model holds the weights, so the
+    peak memory is one model plus one state dict rather than two of each.
+    """
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"Ideogram 4 DiT Loader: weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}.")
+    load_device = comfy.model_management.get_torch_device()
+    compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else compute_dtype_for(load_device)
+    keep_fp8, quantize = weight_dtype != "bf16", weight_dtype == "fp8"
+
+    cond_checkpoint = load_dit_checkpoint(cond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
+    cond_config = cond_checkpoint.config
+    cond = build_dit_patcher(cond_checkpoint, compute_dtype, quantize, load_device)
+    del cond_checkpoint
+    uncond_checkpoint = load_dit_checkpoint(uncond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
+    if uncond_checkpoint.config != cond_config:
+        raise CheckpointError(
+            f"the conditional model {cond_path} and the unconditional model {uncond_path} do not match "
+            f"({cond_config} vs {uncond_checkpoint.config}). Both Ideogram 4 transformers must have the same "
+            "architecture; pick the matching pair (e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
+        )
+    return cond, build_dit_patcher(uncond_checkpoint, compute_dtype, quantize, load_device)
+
+
+class DiTLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        files = folder_paths.get_filename_list(MODEL_FOLDER)
+        return io.Schema(
+            node_id="Ideogram4RefDiTLoader",
+            display_name="Ideogram 4 DiT Loader (reference)",
+            category=CATEGORY,
+            description="Loads the conditional and unconditional Ideogram 4 transformers (official, Comfy-Org "
+                        "fp8_scaled, official fp8 or diffusers layout) as two MODELs.",
+            inputs=[
+                io.Combo.Input("cond_model_name", options=files,
+                               tooltip="The conditional transformer in models/diffusion_models, e.g. "
+                                       "ideogram4_fp8_scaled.safetensors."),
+                io.Combo.Input("uncond_model_name", options=files,
+                               tooltip="The unconditional transformer in models/diffusion_models, e.g. "
+                                       "ideogram4_unconditional_fp8_scaled.safetensors."),
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
+                               tooltip="default: keep fp8 files in fp8 (de-quantised per layer, same result as "
+                                       "bf16), others in the compute dtype. bf16: de-quantise everything once "
+                                       "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
+                                       "lossy)."),
+            ],
+            outputs=[
+                io.Model.Output("cond_model", display_name="cond_model",
+                                tooltip="The conditional transformer (text + image)."),
+                io.Model.Output("uncond_model", display_name="uncond_model",
+                                tooltip="The unconditional transformer (image tokens only)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, cond_model_name: str, uncond_model_name: str, weight_dtype: str = "default") -> io.NodeOutput:
+        cond_path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, cond_model_name)
+        uncond_path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, uncond_model_name)
+        cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype)
+        return io.NodeOutput(cond, uncond)

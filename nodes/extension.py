@@ -1,0 +1,30 @@
+"""The V3 extension ComfyUI gets from ``comfy_entrypoint``: the list of the pack's nodes."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from .dit_loader import DiTLoader
+from .noise_latent import EmptyLatent, Noise
+from .sampler_node import Sampler
+from .scheduler_guider import Guider, Scheduler
+from .text_encoder_nodes import TextEncode, TextEncoderLoader
+from .vae_nodes import VAEDecode, VAELoader
+
+NODES: list[type[io.ComfyNode]] = [
+    DiTLoader,
+    TextEncoderLoader,
+    TextEncode,
+    Sampler,
+    Scheduler,
+    Guider,
+    Noise,
+    EmptyLatent,
+    VAELoader,
+    VAEDecode,
+]
+
+
+class Ideogram4Extension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,69 @@
+"""Keeping DiT Linear weights in fp8 inside ComfyUI and de-quantising them per layer at cast time.
+
+A Linear whose weight is stored as float8 carries a per-row ``weight_scale`` float32 ``(out,)``. Every call casts
+the weight to the compute dtype ``dt`` through ComfyUI's ``cast_bias_weight`` (which also streams it from the
+offload device when the layer did not fit in VRAM) and rebuilds it as ``weight.to(dt) * weight_scale.to(dt)[:,
+None]`` — the official ``Fp8Linear`` rule (:func:`ideogram4.quantization.dequantize_fp8_rowwise`), so the
+result is bit-identical to de-quantising the whole model once at load time.
+
+Limitation: weight patches (LoRA) are applied by ComfyUI to the cast weight before the scale, i.e. in the
+unscaled domain, which is wrong for fp8-stored layers; use ``weight_dtype = bf16`` with LoRAs.
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.ops
+import torch
+import torch.nn.functional as F
+
+FP8_STORAGE_DTYPE = torch.float8_e4m3fn
+FP8_E4M3_MAX = 448.0
+
+
+class Ideogram4Fp8Ops(comfy.ops.manual_cast):
+    """``comfy.ops.manual_cast`` whose Linear may hold an fp8 weight plus a per-row ``weight_scale``."""
+
+    class Linear(comfy.ops.manual_cast.Linear):
+        # fp8 layers get a ``weight_scale`` Parameter (out,) float32 from make_fp8_layer; plain layers have none.
+
+        def _load_from_state_dict(self, *args, **kwargs):
+            # PyTorch's own loading (not the lazy weight/bias-only loader some hosts give comfy.ops layers), so
+            # ``weight_scale`` loads from the state dict together with the weight.
+            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+        def forward_comfy_cast_weights(self, input, *args, **kwargs):
+            weight_scale = getattr(self, "weight_scale", None)
+            if weight_scale is None:
+                return super().forward_comfy_cast_weights(input, *args, **kwargs)
+            weight, bias = comfy.ops.cast_bias_weight(self, input)
+            scale = comfy.model_management.cast_to(weight_scale, dtype=weight.dtype, device=weight.device)
+            return F.linear(input, weight * scale[:, None], bias)
+
+
+def make_fp8_layer(linear: torch.nn.Module, weight_scale: torch.Tensor,
+                   storage_dtype: torch.dtype = FP8_STORAGE_DTYPE) -> None:
+    """Turn ``linear`` (an :class:`Ideogram4Fp8Ops.Linear`) into an fp8 layer: an empty fp8 weight of its shape
+    and a ``weight_scale`` (out,) float32 Parameter holding ``weight_scale``; ``load_state_dict`` then loads both
+    without converting the fp8 weight."""
+    out_features, in_features = linear.out_features, linear.in_features
+    if tuple(weight_scale.shape) != (out_features,):
+        raise ValueError(f"weight_scale of shape {tuple(weight_scale.shape)} does not fit a Linear with "
+                         f"{out_features} output rows")
+    device = linear.weight.device if getattr(linear, "weight", None) is not None else None
+    linear.weight = torch.nn.Parameter(
+        torch.empty((out_features, in_features), dtype=storage_dtype, device=device), requires_grad=False
+    )
+    linear.weight_scale = torch.nn.Parameter(weight_scale.to(torch.float32), requires_grad=False)
+
+
+def quantize_rowwise(weight: torch.Tensor, storage_dtype: torch.dtype = FP8_STORAGE_DTYPE
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A floating ``(out, in)`` weight -> (fp8 weight, float32 per-row scale) with each row's max |w| mapped onto
+    the largest finite fp8 value (rows of zeros get scale 1). Lossy: used only when the user asks for fp8 storage
+    of an unquantised checkpoint."""
+    rows = weight.float()
+    amax = rows.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
+    quantised = (rows / scale[:, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(storage_dtype)
+    return quantised, scale

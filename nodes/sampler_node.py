@@ -1,0 +1,160 @@
+"""Ideogram 4 Sampler: the official sampling loop (:func:`ideogram4.sampler.sample`) on the two MODELs.
+
+The node draws the official noise on the compute device, builds the official schedule and guidance list, loads
+both transformers through ``comfy.model_management.load_models_gpu`` (ComfyUI loads each partially when they do
+not fit) and integrates with the core sampler, whose velocity callables run the core velocity functions on the
+patchers' DiTs. The output LATENT is the core sampler's result permuted to the LATENT layout (bit-identical
+values).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import torch
+from comfy_api.latest import io
+
+from ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
+from ideogram4.sampler import img2img_start, make_noise, sample
+from ideogram4.schedule import logit_normal_schedule
+from ideogram4.velocity import conditional_velocity, unconditional_velocity
+
+from . import compat
+from .progress import StepReporter
+from .settings import (
+    CATEGORY,
+    SamplingSettings,
+    batch_size_input,
+    check_size,
+    denoise_input,
+    guidance_input,
+    height_input,
+    mu_input,
+    preset_input,
+    resolve_settings,
+    seed_input,
+    std_input,
+    steps_input,
+    width_input,
+)
+
+PIXELS_PER_LATENT = 16
+
+
+def text_features(conditioning, batch: int) -> tuple[torch.Tensor, list[int] | None]:
+    """CONDITIONING ``[[features (1 or B, n, F), {...}], ...]`` -> (features (B, n, F), real lengths or None).
+
+    Only the first entry is used (one prompt per generation, as the official pipeline); an ``attention_mask``
+    in its options (native text encoders) gives the real token count of each row.
+    """
+    if not conditioning or conditioning[0][0] is None:
+        raise ValueError("Ideogram 4 Sampler: the conditioning holds no text features; connect the output of "
+                         "Ideogram 4 Text Encode.")
+    if len(conditioning) > 1:
+        logging.warning("Ideogram 4 Sampler: the conditioning has %d entries; only the first is used.",
+                        len(conditioning))
+    features, options = conditioning[0][0], conditioning[0][1]
+    if features.ndim != 3:
+        raise ValueError(f"Ideogram 4 Sampler: expected text features (B, n, F), got {tuple(features.shape)}.")
+    if features.shape[0] not in (1, batch):
+        raise ValueError(f"Ideogram 4 Sampler: the conditioning has batch {features.shape[0]}, the latent {batch}.")
+    lengths = None
+    mask = options.get("attention_mask") if isinstance(options, dict) else None
+    if mask is not None:
+        per_row = mask.reshape(mask.shape[0], -1).sum(dim=1).tolist()
+        lengths = [int(n) for n in per_row] * (batch if mask.shape[0] == 1 else 1)
+    return features.expand(batch, -1, -1), lengths
+
+
+def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: SamplingSettings, seed: int,
+                  width: int, height: int, batch_size: int, latent: dict | None = None, denoise: float = 1.0
+                  ) -> torch.Tensor:
+    """Run the official loop; returns the LATENT samples ``(B, 128, height/16, width/16)`` float32.
+
+    With ``latent`` the image size and batch come from it and ``denoise < 1`` keeps the tail of the schedule
+    (:func:`ideogram4.sampler.img2img_start`); without it ``denoise`` must be 1.
+    """
+    if latent is not None:
+        samples = latent["samples"]
+        if samples.ndim != 4 or samples.shape[1] != 128:
+            raise ValueError(f"Ideogram 4 Sampler: expected a LATENT (B, 128, H/16, W/16), got {tuple(samples.shape)}.")
+        batch_size, _, grid_h, grid_w = samples.shape
+        width, height = grid_w * PIXELS_PER_LATENT, grid_h * PIXELS_PER_LATENT
+    else:
+        grid_h, grid_w = check_size(width, height)
+        if denoise != 1.0:
+            raise ValueError("Ideogram 4 Sampler: denoise below 1 needs an input latent (img2img); connect one or "
+                             "set denoise to 1.")
+
+    features, lengths = text_features(conditioning, batch_size)
+    times = logit_normal_schedule(settings.steps, settings.mu, settings.std, width, height)
+    guidance = settings.guidance
+    device = cond_patcher.load_device
+    noise = make_noise(batch_size, grid_h * grid_w, seed, device)
+    start = noise
+    if latent is not None:
+        clean = comfy_latent_to_tokens(latent["samples"].float())
+        times, guidance, start = img2img_start(times, guidance, denoise, clean, noise)
+
+    shape = [batch_size, 128, grid_h, grid_w]
+    memory = cond_patcher.model.memory_required(shape)
+    comfy.model_management.load_models_gpu([cond_patcher, uncond_patcher], memory_required=memory,
+                                           minimum_memory_required=memory)
+    cond_model, uncond_model = cond_patcher.model, uncond_patcher.model
+    cond_dit, uncond_dit = cond_model.velocity_model(), uncond_model.velocity_model()
+    cond_dtype, uncond_dtype = compat.inference_dtype(cond_model), compat.inference_dtype(uncond_model)
+    features = features.to(device)
+    reporter = StepReporter(len(times) - 1, grid_h, grid_w, cond_model.latent_format, device)
+
+    def cond_velocity(z: torch.Tensor, t: float) -> torch.Tensor:
+        reporter.check_interrupted()
+        return conditional_velocity(cond_dit, z, t, features, lengths, grid_h, grid_w, dtype=cond_dtype)
+
+    def uncond_velocity(z: torch.Tensor, t: float) -> torch.Tensor:
+        reporter.check_interrupted()
+        return unconditional_velocity(uncond_dit, z, t, grid_h, grid_w, dtype=uncond_dtype)
+
+    tokens = sample(cond_velocity, uncond_velocity, times, guidance, start, callback=reporter)
+    return tokens_to_comfy_latent(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
+
+
+class Sampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4RefSampler",
+            display_name="Ideogram 4 Sampler (reference)",
+            category=CATEGORY,
+            description="The official Ideogram 4 sampler: logit-normal schedule, Euler steps, asymmetric CFG with a "
+                        "per-step guidance list, official noise. Outputs a LATENT for Ideogram 4 VAE Decode.",
+            inputs=[
+                io.Model.Input("cond_model", tooltip="The conditional transformer (from Ideogram 4 DiT Loader)."),
+                io.Model.Input("uncond_model", tooltip="The unconditional transformer (from Ideogram 4 DiT Loader)."),
+                io.Conditioning.Input("conditioning", tooltip="The prompt's text features (Ideogram 4 Text Encode)."),
+                preset_input(),
+                steps_input(),
+                mu_input(),
+                std_input(),
+                guidance_input(),
+                seed_input(),
+                width_input(),
+                height_input(),
+                batch_size_input(),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Optional start latent for img2img; when connected, its size and batch "
+                                        "replace width, height and batch_size."),
+                denoise_input("Fraction of the schedule to run (img2img; needs a latent). 1 = from pure noise; "
+                              "lower keeps only the last steps, polish steps included.", optional=True),
+            ],
+            outputs=[io.Latent.Output(tooltip="Ideogram 4 LATENT (B, 128, H/16, W/16).")],
+        )
+
+    @classmethod
+    def execute(cls, cond_model, uncond_model, conditioning, preset: str, steps: int, mu: float, std: float,
+                guidance_schedule: str, seed: int, width: int, height: int, batch_size: int,
+                latent: dict | None = None, denoise: float = 1.0) -> io.NodeOutput:
+        settings = resolve_settings(preset, steps, mu, std, guidance_schedule)
+        samples = sample_latent(cond_model, uncond_model, conditioning, settings, seed, width, height, batch_size,
+                                latent, denoise)
+        return io.NodeOutput({"samples": samples})

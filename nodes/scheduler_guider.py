@@ -1,0 +1,194 @@
+"""Ideogram 4 Scheduler (SIGMAS) and Guider (GUIDER) for ComfyUI's native SamplerCustomAdvanced.
+
+With the pack Noise node and ``KSamplerSelect("euler")`` these reproduce the Ideogram 4 Sampler node (the
+official loop) up to float rounding:
+
+* SIGMAS are ``1 - t`` of the official schedule: from ``1 - t_min`` down to ``1 - t_max`` (no forced final 0);
+  a denoise below 1 keeps the schedule's tail, the same steps as the sampler's img2img. They are float64 where
+  the device supports it: ``1 - sigma`` then gives back the official float32 time exactly, while a float32
+  sigma loses up to 3e-8 of it, which a float32 model sees through its 1e4-scaled timestep embedding;
+* the model sampling of the pack's MODELs starts a full denoise from the unscaled noise and ends without
+  rescaling (see :mod:`.model_wrapper`);
+* the guider runs the unconditional model on image tokens only and applies the guidance of the current step,
+  found from ``transformer_options["sample_sigmas"]`` and the current sigma. It hands the sampler float32 sigmas
+  (so the latent stays float32, as everywhere in ComfyUI) and passes the exact time of each step to the models
+  (``transformer_options[EXACT_TIME_KEY]``, see :mod:`.model_wrapper`).
+"""
+
+from __future__ import annotations
+
+import comfy.model_management
+import comfy.samplers
+import torch
+from comfy_api.latest import io
+
+from ideogram4.sampler import img2img_start
+from ideogram4.schedule import logit_normal_schedule
+
+from .model_wrapper import EXACT_TIME_KEY
+from .settings import (
+    CATEGORY,
+    check_size,
+    denoise_input,
+    guidance_input,
+    height_input,
+    mu_input,
+    preset_input,
+    resolve_guidance,
+    resolve_schedule,
+    std_input,
+    steps_input,
+    width_input,
+)
+
+UNCOND_MODEL_KEY = "ideogram4_unconditional_model"
+
+
+def sigma_dtype() -> torch.dtype:
+    """float64 on devices with float64 support (CPU, CUDA/ROCm); float32 elsewhere (MPS has no float64)."""
+    return torch.float64 if comfy.model_management.get_torch_device().type in ("cpu", "cuda") else torch.float32
+
+
+def schedule_sigmas(steps: int, mu: float, std: float, width: int, height: int, denoise: float = 1.0) -> torch.Tensor:
+    """SIGMAS ``1 - t`` (descending, :func:`sigma_dtype`) of the official schedule, or of its tail for
+    ``denoise < 1`` (``denoise = 0`` gives no steps)."""
+    check_size(width, height)
+    times = logit_normal_schedule(steps, mu, std, width, height)
+    if denoise <= 0.0:
+        return torch.zeros((0,), dtype=sigma_dtype())
+    if denoise < 1.0:
+        # The sampler's own rule for which steps a partial denoise keeps (the start tensors are placeholders).
+        placeholder = torch.zeros((1, 1, 1), dtype=torch.float32)
+        times, _, _ = img2img_start(times, [0.0] * steps, denoise, placeholder, placeholder)
+    # 1 - t in float64 is exact for a float32 t; rounding it to float32 is what a float32 sigma would hold.
+    return 1.0 - torch.tensor(times, dtype=torch.float64).to(sigma_dtype())
+
+
+def step_index(sample_sigmas: torch.Tensor, sigma: torch.Tensor) -> int:
+    """Index of the sampling step whose interval ``[sigmas[i+1], sigmas[i]]`` holds ``sigma`` (exact match at the
+    step start for first-order samplers; intermediate sigmas of higher-order samplers map to their step)."""
+    starts = sample_sigmas[:-1].to(sigma.device)
+    index = int((starts >= sigma.reshape(-1)[0]).sum()) - 1
+    return min(max(index, 0), len(starts) - 1)
+
+
+class Ideogram4Guider(comfy.samplers.CFGGuider):
+    """CFG with a per-step guidance list over two models: ``uncond + g_i * (cond - uncond)`` on the denoised
+    predictions, i.e. the official ``g v_cond + (1 - g) v_uncond``.
+
+    The conditional pass runs on a clone of the conditional MODEL (so its patches, hooks and wrappers apply);
+    the unconditional MODEL is attached to that clone as an additional model, so ComfyUI loads both in one
+    ``load_models_gpu`` call, and is run without text (image tokens only).
+    ``guidance`` is in sampling order; shorter SIGMAS (img2img tail) use its last entries.
+    """
+
+    def __init__(self, cond_patcher, uncond_patcher, guidance: list[float]):
+        model = cond_patcher.clone()
+        model.set_additional_models(UNCOND_MODEL_KEY, [uncond_patcher])
+        super().__init__(model)
+        self.uncond_patcher = uncond_patcher
+        self.guidance = [float(g) for g in guidance]
+        self.exact_times: list[float] | None = None  # model time of each sigma, when the SIGMAS were float64
+
+    def set_conds(self, positive, negative=None):
+        # The unconditional pass has no conditioning; a negative is not used.
+        self.inner_set_conds({"positive": positive})
+
+    def guidance_for(self, timestep: torch.Tensor, model_options: dict) -> float:
+        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if sigmas is None:
+            raise RuntimeError("Ideogram 4 Guider: the sampler did not provide transformer_options['sample_sigmas'].")
+        steps = len(sigmas) - 1
+        if steps > len(self.guidance):
+            raise ValueError(
+                f"Ideogram 4 Guider: the SIGMAS have {steps} steps but the guidance schedule has {len(self.guidance)} "
+                "entries; use the same preset and steps in Ideogram 4 Scheduler and Ideogram 4 Guider.")
+        return self.guidance[len(self.guidance) - steps + step_index(sigmas, timestep)]
+
+    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        # float64 SIGMAS (Ideogram 4 Scheduler) carry the exact official times; sampling itself runs on float32
+        # sigmas so the latent stays float32 for the sampler, previews and other nodes.
+        self.exact_times = [1.0 - float(s) for s in sigmas.tolist()] if sigmas.dtype == torch.float64 else None
+        return super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), *args, **kwargs)
+
+    def exact_time(self, timestep: torch.Tensor, model_options: dict) -> float | None:
+        """The official model time of the current sigma when it is a schedule point of float64 SIGMAS."""
+        sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if self.exact_times is None or sigmas is None or len(sigmas) != len(self.exact_times):
+            return None
+        index = step_index(sigmas, timestep)
+        return self.exact_times[index] if bool((timestep == sigmas[index]).all()) else None
+
+    def outer_sample(self, *args, **kwargs):
+        self.uncond_patcher.pre_run()
+        return super().outer_sample(*args, **kwargs)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        guidance = self.guidance_for(timestep, model_options)
+        sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        exact_time = self.exact_time(timestep, model_options)
+        if exact_time is not None:
+            model_options = dict(model_options)
+            model_options["transformer_options"] = {**model_options["transformer_options"], EXACT_TIME_KEY: exact_time}
+        positive = self.conds.get("positive", None)
+        cond = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
+        uncond_options = dict(self.uncond_patcher.model_options.get("transformer_options", {}))
+        uncond_options["sample_sigmas"] = sample_sigmas
+        if exact_time is not None:
+            uncond_options[EXACT_TIME_KEY] = exact_time
+        uncond = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=uncond_options)
+        return comfy.samplers.cfg_function(self.inner_model, cond, uncond, guidance, x, timestep,
+                                           model_options=model_options, cond=positive, uncond=None)
+
+
+class Scheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4RefScheduler",
+            display_name="Ideogram 4 Scheduler (reference)",
+            category=CATEGORY,
+            description="The official Ideogram 4 schedule as SIGMAS (1 - t, from 1 - t_min to 1 - t_max, no forced "
+                        "final 0), for SamplerCustomAdvanced with the Ideogram 4 Guider and Noise.",
+            inputs=[preset_input(), steps_input(), mu_input(), std_input(), width_input(), height_input(),
+                    denoise_input("Fraction of the schedule to keep (img2img): the last round(steps * denoise) "
+                                  "steps. 1 = full schedule.")],
+            outputs=[io.Sigmas.Output(tooltip="Descending sigmas = 1 - official times.")],
+        )
+
+    @classmethod
+    def execute(cls, preset: str, steps: int, mu: float, std: float, width: int, height: int,
+                denoise: float = 1.0) -> io.NodeOutput:
+        steps, mu, std = resolve_schedule(preset, steps, mu, std)
+        return io.NodeOutput(schedule_sigmas(steps, mu, std, width, height, denoise))
+
+
+class Guider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4RefGuider",
+            display_name="Ideogram 4 Guider (reference)",
+            category=CATEGORY,
+            description="Asymmetric CFG with the per-step guidance list: conditional model on text + image, "
+                        "unconditional model on image tokens only. For SamplerCustomAdvanced.",
+            inputs=[
+                io.Model.Input("cond_model", tooltip="The conditional transformer (from Ideogram 4 DiT Loader)."),
+                io.Model.Input("uncond_model", tooltip="The unconditional transformer (from Ideogram 4 DiT Loader)."),
+                io.Conditioning.Input("conditioning", tooltip="The prompt's text features (Ideogram 4 Text Encode)."),
+                preset_input(),
+                steps_input(),
+                guidance_input(),
+            ],
+            outputs=[io.Guider.Output(tooltip="Guider for SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, cond_model, uncond_model, conditioning, preset: str, steps: int,
+                guidance_schedule: str) -> io.NodeOutput:
+        if not conditioning or conditioning[0][0] is None:
+            raise ValueError("Ideogram 4 Guider: the conditioning holds no text features; connect the output of "
+                             "Ideogram 4 Text Encode.")
+        guider = Ideogram4Guider(cond_model, uncond_model, resolve_guidance(preset, steps, guidance_schedule))
+        guider.set_conds(conditioning)
+        return io.NodeOutput(guider)

@@ -1,0 +1,115 @@
+"""Ideogram 4 Text Encoder Loader and Text Encode.
+
+The encoder (Qwen3-VL language model tapped at 13 layers, :mod:`ideogram4.text_encoder`) lives in its own patcher
+on ``text_encoder_device()`` with ``text_encoder_offload_device()`` as offload device, so ComfyUI loads it only
+while encoding and can free it before sampling. Text Encode returns a native CONDITIONING
+``[[features (1, n, 53248), {}]]``; problems the caption check finds (:func:`ideogram4.caption.validate_caption`)
+are logged and shown on the node, never fatal (the prompt is encoded as written).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ideogram4.caption import validate_caption
+from ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
+
+from .settings import CATEGORY
+
+TEXT_ENCODER_FOLDER = "text_encoders"
+TextEncoderType = io.Custom("IDEOGRAM4_TEXT_ENCODER")
+
+
+class Ideogram4TextEncoder:
+    """The IDEOGRAM4_TEXT_ENCODER value: the loaded encoder, its tokenizer, and the patcher that owns the weights.
+
+    A plain ``ModelPatcher``: the core loader fills the weights before any patcher exists, which the dynamic-VRAM
+    patcher does not support (ComfyUI's own text encoders can opt out of it the same way).
+    """
+
+    def __init__(self, loaded: LoadedTextEncoder, load_device, offload_device):
+        self.loaded = loaded
+        self.patcher = comfy.model_patcher.ModelPatcher(loaded.encoder, load_device=load_device,
+                                                        offload_device=offload_device)
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        """One prompt -> text features (1, n, hidden*13) float32 on ComfyUI's intermediate device."""
+        comfy.model_management.load_models_gpu([self.patcher])
+        features, _ = self.loaded.encode([prompt], device=self.patcher.load_device)
+        return features.to(comfy.model_management.intermediate_device())
+
+
+def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
+    """Load a text-encoder file (any layout :func:`ideogram4.text_encoder_checkpoint.load_text_encoder` reads)
+    with comfy.ops layers on the offload device; weights in bf16 (official) where the device supports it."""
+    load_device = comfy.model_management.text_encoder_device()
+    offload_device = comfy.model_management.text_encoder_offload_device()
+    dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
+    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=comfy.ops.disable_weight_init)
+    return Ideogram4TextEncoder(loaded, load_device, offload_device)
+
+
+class TextEncoderLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4RefTextEncoderLoader",
+            display_name="Ideogram 4 Text Encoder Loader (reference)",
+            category=CATEGORY,
+            description="Loads the Qwen3-VL-8B text encoder of Ideogram 4 (Comfy-Org qwen3vl_8b_fp8_scaled, the "
+                        "official fp8 or a Hugging Face text_encoder folder).",
+            inputs=[
+                io.Combo.Input("text_encoder_name", options=folder_paths.get_filename_list(TEXT_ENCODER_FOLDER),
+                               tooltip="The Qwen3-VL text encoder in models/text_encoders, e.g. "
+                                       "qwen3vl_8b_fp8_scaled.safetensors."),
+            ],
+            outputs=[TextEncoderType.Output(tooltip="The Ideogram 4 text encoder, for Ideogram 4 Text Encode.")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder_name: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise(TEXT_ENCODER_FOLDER, text_encoder_name)
+        return io.NodeOutput(load_text_encoder_for_comfy(path))
+
+
+def caption_report_text(prompt: str) -> str | None:
+    """The caption check's summary when it has something to say (problems or warnings), else None."""
+    report = validate_caption(prompt)
+    if not report.problems and not report.warnings:
+        return None
+    return report.summary()
+
+
+class TextEncode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="Ideogram4RefTextEncode",
+            display_name="Ideogram 4 Text Encode (reference)",
+            category=CATEGORY,
+            description="Encodes a prompt (best: an Ideogram 4 JSON caption; plain text works) into text features. "
+                        "Caption problems are reported on the node and in the log.",
+            inputs=[
+                TextEncoderType.Input("text_encoder", tooltip="From Ideogram 4 Text Encoder Loader."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The prompt: an Ideogram 4 JSON caption (minified JSON as the model was "
+                                        "trained on) or plain text. It is encoded exactly as written."),
+            ],
+            outputs=[io.Conditioning.Output(tooltip="Text features (1, tokens, 53248) for the Ideogram 4 Sampler "
+                                                    "or Guider.")],
+        )
+
+    @classmethod
+    def execute(cls, text_encoder: Ideogram4TextEncoder, prompt: str) -> io.NodeOutput:
+        report = caption_report_text(prompt)
+        if report is not None:
+            logging.warning("Ideogram 4 Text Encode: %s", report)
+        features = text_encoder.encode(prompt)
+        return io.NodeOutput([[features, {}]], ui=ui.PreviewText(report) if report is not None else None)

@@ -1,0 +1,139 @@
+"""In-process host tests of the errors the nodes raise (run in the host's Python; see comfy_inprocess.py).
+
+ComfyUI shows an exception's message as the node error, so each must name what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import comfy_inprocess
+
+comfy_inprocess.skip_module_unless_in_host()
+
+import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only worth it in the host)
+
+
+@pytest.fixture(scope="module")
+def host():
+    return comfy_inprocess.host()
+
+
+@pytest.fixture(scope="module")
+def models(host, tmp_path_factory):
+    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
+    # Files in the wrong folder, and a file that is not safetensors at all.
+    shutil.copy(models_dir / "vae" / tiny.VAE_FILE, models_dir / "diffusion_models" / "actually_a_vae.safetensors")
+    shutil.copy(models_dir / "diffusion_models" / tiny.COND_FILE, models_dir / "text_encoders" / "actually_a_dit.safetensors")
+    shutil.copy(models_dir / "text_encoders" / tiny.TEXT_ENCODER_FILE, models_dir / "vae" / "actually_a_te.safetensors")
+    (models_dir / "diffusion_models" / "broken.safetensors").write_bytes(b"<html>404 not found</html>")
+    comfy_inprocess.register_models(models_dir)
+    return models_dir
+
+
+@pytest.fixture(scope="module")
+def pack_models(host, models):
+    nodes = host.nodes
+    cond, uncond = comfy_inprocess.run_node(nodes.dit_loader.DiTLoader, cond_model_name=tiny.COND_FILE,
+                                            uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
+    (encoder,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncoderLoader,
+                                          text_encoder_name=tiny.TEXT_ENCODER_FILE)
+    (conditioning,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
+                                               prompt="a red wall")
+    return cond, uncond, conditioning
+
+
+def sampler_inputs(pack_models, **overrides):
+    cond, uncond, conditioning = pack_models
+    inputs = dict(cond_model=cond, uncond_model=uncond, conditioning=conditioning, preset="Custom", steps=2, mu=0.0,
+                  std=1.75, guidance_schedule="7,3", seed=0, width=32, height=32, batch_size=1)
+    inputs.update(overrides)
+    return inputs
+
+
+def test_missing_model_file_names_the_file_and_folder(host, models):
+    with pytest.raises(FileNotFoundError, match="no_such_model.safetensors"):
+        comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="no_such_model.safetensors",
+                                 uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
+
+
+def test_dit_loader_refuses_a_vae_file(host, models):
+    with pytest.raises(ValueError, match=r"actually_a_vae\.safetensors.*VAE"):
+        comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="actually_a_vae.safetensors",
+                                 uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
+
+
+def test_dit_loader_refuses_a_file_that_is_not_safetensors(host, models):
+    with pytest.raises(ValueError, match=r"broken\.safetensors"):
+        comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="broken.safetensors",
+                                 uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
+
+
+def test_text_encoder_loader_refuses_a_dit_file(host, models):
+    with pytest.raises(ValueError, match=r"actually_a_dit\.safetensors.*not a Qwen3-VL text encoder"):
+        comfy_inprocess.run_node(host.nodes.text_encoder_nodes.TextEncoderLoader,
+                                 text_encoder_name="actually_a_dit.safetensors")
+
+
+def test_vae_loader_refuses_a_text_encoder_file(host, models):
+    with pytest.raises(ValueError, match=r"actually_a_te\.safetensors.*text encoder"):
+        comfy_inprocess.run_node(host.nodes.vae_nodes.VAELoader, vae_name="actually_a_te.safetensors")
+
+
+@pytest.mark.parametrize("node", ["sampler", "scheduler", "empty_latent"])
+def test_a_size_that_is_not_a_multiple_of_16_is_a_readable_error(host, pack_models, node):
+    nodes = host.nodes
+    with pytest.raises(ValueError, match=r"width must be a positive multiple of 16 pixels.*got 100; use 96"):
+        if node == "sampler":
+            comfy_inprocess.run_node(nodes.sampler_node.Sampler, **sampler_inputs(pack_models, width=100))
+        elif node == "scheduler":
+            comfy_inprocess.run_node(nodes.scheduler_guider.Scheduler, preset="Default 20", steps=20, mu=0.0, std=1.75,
+                                     width=100, height=64, denoise=1.0)
+        else:
+            comfy_inprocess.run_node(nodes.noise_latent.EmptyLatent, width=100, height=64, batch_size=1)
+
+
+def test_malformed_guidance_schedule_says_what_form_is_expected(host, pack_models):
+    from ideogram4.guidance import GuidanceScheduleError
+
+    nodes = host.nodes
+    with pytest.raises(GuidanceScheduleError, match=r"'7,seven'.*Expected one of"):
+        comfy_inprocess.run_node(nodes.sampler_node.Sampler, **sampler_inputs(pack_models, guidance_schedule="7,seven"))
+    cond, uncond, conditioning = pack_models
+    with pytest.raises(GuidanceScheduleError, match="expects 2 values, got 3"):
+        comfy_inprocess.run_node(nodes.scheduler_guider.Guider, cond_model=cond, uncond_model=uncond,
+                                 conditioning=conditioning, preset="Custom", steps=2, guidance_schedule="7,7,3")
+
+
+def test_presets_ignore_the_custom_guidance_string(host, pack_models):
+    (latent,) = comfy_inprocess.run_node(host.nodes.sampler_node.Sampler,
+                                         **sampler_inputs(pack_models, preset="Turbo 12", guidance_schedule="nonsense"))
+    assert latent["samples"].shape == (1, 128, 2, 2)
+
+
+def test_denoise_below_one_needs_a_latent(host, pack_models):
+    with pytest.raises(ValueError, match="denoise below 1 needs an input latent"):
+        comfy_inprocess.run_node(host.nodes.sampler_node.Sampler, **sampler_inputs(pack_models, denoise=0.5))
+
+
+def test_guider_refuses_sigmas_longer_than_its_guidance_list(host, pack_models):
+    import torch
+
+    cond, uncond, conditioning = pack_models
+    (guider,) = comfy_inprocess.run_node(host.nodes.scheduler_guider.Guider, cond_model=cond, uncond_model=uncond,
+                                         conditioning=conditioning, preset="Custom", steps=2, guidance_schedule="7,3")
+    options = {"transformer_options": {"sample_sigmas": torch.tensor([0.9, 0.6, 0.3, 0.1])}}
+    with pytest.raises(ValueError, match="SIGMAS have 3 steps but the guidance schedule has 2 entries"):
+        guider.guidance_for(torch.tensor([0.9]), options)
+
+
+def test_sampler_and_guider_need_text_conditioning(host, pack_models):
+    nodes = host.nodes
+    with pytest.raises(ValueError, match="holds no text features"):
+        comfy_inprocess.run_node(nodes.sampler_node.Sampler, **sampler_inputs(pack_models, conditioning=[[None, {}]]))
+    cond, uncond, _ = pack_models
+    with pytest.raises(ValueError, match="holds no text features"):
+        comfy_inprocess.run_node(nodes.scheduler_guider.Guider, cond_model=cond, uncond_model=uncond,
+                                 conditioning=[[None, {}]], preset="Default 20", steps=20, guidance_schedule="7")

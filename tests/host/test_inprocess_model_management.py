@@ -1,0 +1,156 @@
+"""In-process host tests of how the pack's models sit in ComfyUI's model management (run in the host's Python;
+see comfy_inprocess.py).
+
+* A partial load (``ModelPatcher.load`` with less memory than the model needs) streams the layers that did not
+  fit through comfy.ops casting; the output stays bit-identical to the fully loaded model.
+* The weight-dtype choices of the DiT loader: fp8 files stay fp8 and give exactly the one-time de-quantisation's
+  output, bf16 computes in bf16, fp8 quantises unquantised files.
+* Each model has its own patcher on the devices ComfyUI assigns to that kind of model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import comfy_inprocess
+
+comfy_inprocess.skip_module_unless_in_host()
+
+import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only worth it in the host)
+
+GRID_H, GRID_W = 3, 4
+TIME = 0.3
+
+
+@pytest.fixture(scope="module")
+def host():
+    return comfy_inprocess.host()
+
+
+@pytest.fixture(scope="module")
+def models(host, tmp_path_factory):
+    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
+    comfy_inprocess.register_models(models_dir)
+    return models_dir
+
+
+def load_pair(host, cond_file, uncond_file, weight_dtype):
+    return comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=cond_file,
+                                    uncond_model_name=uncond_file, weight_dtype=weight_dtype)
+
+
+def inputs():
+    generator = torch.Generator().manual_seed(8)
+    tokens = torch.randn((1, GRID_H * GRID_W, 128), generator=generator)
+    features = torch.randn((1, 5, tiny.DIT_CONFIG.llm_features_dim), generator=generator)
+    return tokens, features
+
+
+def velocity(dit, dtype=torch.float32) -> torch.Tensor:
+    from ideogram4.velocity import conditional_velocity
+
+    tokens, features = inputs()
+    return conditional_velocity(dit, tokens, TIME, features, None, GRID_H, GRID_W, dtype=dtype)
+
+
+def core_dit(path, dtype):
+    from ideogram4.dit import Ideogram4DiT
+    from ideogram4.dit_checkpoint import load_dit_checkpoint
+
+    checkpoint = load_dit_checkpoint(path, dtype=dtype)
+    dit = Ideogram4DiT(checkpoint.config, dtype=dtype)
+    dit.load_state_dict(checkpoint.state_dict, strict=True)
+    return dit.eval()
+
+
+def streamed_layers(dit) -> tuple[int, int]:
+    """(layers left on the offload device and streamed per call, layers loaded whole) among comfy.ops layers;
+    ComfyUI marks the streamed ones by saving their previous cast flag in ``prev_comfy_cast_weights``."""
+    flags = [hasattr(m, "prev_comfy_cast_weights") for m in dit.modules() if hasattr(m, "comfy_cast_weights")]
+    return sum(flags), len(flags) - sum(flags)
+
+
+@pytest.mark.parametrize("cond_file, weight_dtype", [(tiny.COND_FILE, "default"), (tiny.COND_FP8_FILE, "default")])
+def test_partial_load_streams_some_layers_and_keeps_the_output_identical(host, models, cond_file, weight_dtype):
+    import comfy.model_management
+
+    cond, _ = load_pair(host, cond_file, tiny.UNCOND_FILE if cond_file == tiny.COND_FILE else tiny.UNCOND_FP8_FILE,
+                        weight_dtype)
+    dit = cond.model.diffusion_model
+    cpu = torch.device("cpu")
+    cond.load(cpu, lowvram_model_memory=0, full_load=True)
+    fully_loaded = velocity(dit)
+    cond.detach()
+
+    cond.load(cpu, lowvram_model_memory=int(cond.model_size() * 0.4))
+    streamed, resident = streamed_layers(dit)
+    assert cond.model.model_lowvram
+    assert streamed > 0 and resident > 0
+    assert torch.equal(velocity(dit), fully_loaded)
+    cond.detach()
+    comfy.model_management.cleanup_models_gc()
+
+
+def test_default_keeps_fp8_weights_and_matches_the_one_time_dequantisation(host, models):
+    cond, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "default")
+    dit = cond.model.diffusion_model
+    assert dit.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn
+    assert dit.layers[0].attention.qkv.weight_scale.dtype == torch.float32
+    # On the CPU the compute dtype is float32: de-quantising per call must equal de-quantising once at load.
+    oracle = core_dit(models / "diffusion_models" / tiny.COND_FP8_FILE, torch.float32)
+    assert torch.equal(velocity(dit), velocity(oracle))
+
+
+def test_bf16_weights_compute_in_bf16_like_the_official_pipeline(host, models):
+    nodes = host.nodes
+    cond, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "bf16")
+    dit = cond.model.diffusion_model
+    assert dit.layers[0].attention.qkv.weight.dtype == torch.bfloat16
+    assert nodes.compat.inference_dtype(cond.model) == torch.bfloat16
+    oracle = core_dit(models / "diffusion_models" / tiny.COND_FP8_FILE, torch.bfloat16)
+    assert torch.equal(velocity(dit, torch.bfloat16), velocity(oracle, torch.bfloat16))
+
+
+def test_fp8_choice_quantises_an_unquantised_file(host, models):
+    cond, _ = load_pair(host, tiny.COND_FILE, tiny.UNCOND_FILE, "fp8")
+    dit = cond.model.diffusion_model
+    assert dit.layers[1].feed_forward.w2.weight.dtype == torch.float8_e4m3fn
+    assert dit.input_proj.weight.dtype == torch.float32  # only the blocks are quantised
+    exact = velocity(core_dit(models / "diffusion_models" / tiny.COND_FILE, torch.float32))
+    quantised = velocity(dit)
+    relative = (quantised - exact).norm() / exact.norm()
+    assert 0 < relative < 0.1
+
+
+def test_each_model_has_its_own_patcher_on_the_devices_comfy_assigns(host, models):
+    import comfy.model_management as mm
+
+    nodes = host.nodes
+    cond, uncond = load_pair(host, tiny.COND_FILE, tiny.UNCOND_FILE, "default")
+    assert cond is not uncond and cond.model is not uncond.model
+    assert isinstance(cond.model, nodes.model_wrapper.Ideogram4Model)
+    assert (cond.load_device, cond.offload_device) == (mm.get_torch_device(), mm.unet_offload_device())
+    (encoder,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncoderLoader,
+                                          text_encoder_name=tiny.TEXT_ENCODER_FILE)
+    assert (encoder.patcher.load_device, encoder.patcher.offload_device) == (
+        mm.text_encoder_device(), mm.text_encoder_offload_device())
+    (vae,) = comfy_inprocess.run_node(nodes.vae_nodes.VAELoader, vae_name=tiny.VAE_FILE)
+    assert (vae.patcher.load_device, vae.patcher.offload_device) == (mm.vae_device(), mm.vae_offload_device())
+    # Loading goes through ComfyUI's model management, which then tracks the models.
+    mm.load_models_gpu([cond, uncond])
+    loaded = [entry.model for entry in mm.current_loaded_models]
+    assert cond in loaded and uncond in loaded
+
+
+def test_model_sampling_starts_from_pure_noise_and_keeps_the_last_latent(host, models):
+    cond, _ = load_pair(host, tiny.COND_FILE, tiny.UNCOND_FILE, "default")
+    sampling = cond.get_model_object("model_sampling")
+    assert isinstance(sampling, host.nodes.model_wrapper.Ideogram4ModelSampling)
+    noise, image = torch.randn(1, 128, 2, 2), torch.randn(1, 128, 2, 2)
+    first_sigma = torch.tensor(1.0 - 1.2339458e-4)
+    assert torch.equal(sampling.noise_scaling(first_sigma, noise, image), noise)
+    sigma = torch.tensor(0.6)
+    assert torch.equal(sampling.noise_scaling(sigma, noise, image), sigma * noise + (1.0 - sigma) * image)
+    assert torch.equal(sampling.inverse_noise_scaling(torch.tensor(5.5e-4), image), image)
+    assert float(sampling.timestep(torch.tensor(0.25))) == 0.25  # multiplier 1: the model sees sigma itself

@@ -1,0 +1,124 @@
+"""In-process host tests of the VAE nodes (run in the host's Python; see comfy_inprocess.py).
+
+The oracle is the core decode (:func:`ideogram4.vae.decode_latent_tokens` on a plain-torch VAE loaded from the
+same file, then :func:`ideogram4.latent.decoded_to_image`): the pack node, ComfyUI's native VAEDecode /
+VAEDecodeTiled / VAEEncode on the pack VAE, and the pack node on a native-style FLUX.2 VAE object must all give
+exactly its result.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import comfy_inprocess
+
+comfy_inprocess.skip_module_unless_in_host()
+
+import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only worth it in the host)
+
+GRID_H, GRID_W = 3, 4
+
+
+@pytest.fixture(scope="module")
+def host():
+    return comfy_inprocess.host()
+
+
+@pytest.fixture(scope="module")
+def models(host, tmp_path_factory):
+    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
+    comfy_inprocess.register_models(models_dir)
+    return models_dir
+
+
+@pytest.fixture(scope="module")
+def pack_vae(host, models):
+    (vae,) = comfy_inprocess.run_node(host.nodes.vae_nodes.VAELoader, vae_name=tiny.VAE_FILE)
+    return vae
+
+
+@pytest.fixture(scope="module")
+def core_vae(models):
+    from ideogram4.vae_checkpoint import load_vae
+
+    return load_vae(models / "vae" / tiny.VAE_FILE, dtype=torch.float32)
+
+
+def random_latent(grid_h=GRID_H, grid_w=GRID_W, seed=3) -> torch.Tensor:
+    return torch.randn((1, 128, grid_h, grid_w), generator=torch.Generator().manual_seed(seed))
+
+
+def core_decode(core_vae, latent, **tiling) -> torch.Tensor:
+    from ideogram4.latent import comfy_latent_to_tokens, decoded_to_image
+    from ideogram4.vae import decode_latent_tokens
+
+    _, _, grid_h, grid_w = latent.shape
+    pixels = decode_latent_tokens(core_vae, comfy_latent_to_tokens(latent), grid_h, grid_w, **tiling)
+    return decoded_to_image(pixels)
+
+
+def test_pack_decode_equals_the_core_decode(host, pack_vae, core_vae):
+    latent = random_latent()
+    (image,) = comfy_inprocess.run_node(host.nodes.vae_nodes.VAEDecode, samples={"samples": latent}, vae=pack_vae,
+                                        tiled=False)
+    assert image.shape == (1, 16 * GRID_H, 16 * GRID_W, 3)
+    assert torch.equal(image, core_decode(core_vae, latent))
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+
+
+def test_native_vae_decode_node_gives_the_same_image(host, pack_vae, core_vae):
+    latent = random_latent()
+    native = comfy_inprocess.native_node("nodes", "VAEDecode")
+    (image,) = comfy_inprocess.run_node(native, vae=pack_vae, samples={"samples": latent})
+    assert torch.equal(image, core_decode(core_vae, latent))
+
+
+def test_tiled_decode_equals_the_core_tiled_decode(host, pack_vae, core_vae):
+    latent = random_latent(8, 8)
+    # Native VAEDecodeTiled: 64 px tiles with 16 px overlap = 8 / 2 pixels of the VAE's own latent.
+    native = comfy_inprocess.native_node("nodes", "VAEDecodeTiled")
+    (image,) = comfy_inprocess.run_node(native, vae=pack_vae, samples={"samples": latent}, tile_size=64, overlap=16,
+                                        temporal_size=64, temporal_overlap=8)
+    expected = core_decode(core_vae, latent, tiled=True, tile_size=8, tile_overlap=2)
+    assert torch.equal(image, expected)
+    assert not torch.equal(expected, core_decode(core_vae, latent))  # more than one tile really was used
+    # The node's tiled switch uses 1024 px tiles: a 128 px image is one tile, identical to the whole decode.
+    (node_tiled,) = comfy_inprocess.run_node(host.nodes.vae_nodes.VAEDecode, samples={"samples": latent},
+                                             vae=pack_vae, tiled=True)
+    assert torch.equal(node_tiled, core_decode(core_vae, latent))
+
+
+def test_native_vae_encode_node_gives_the_core_latent(host, pack_vae, core_vae):
+    from ideogram4.latent import image_to_model_input, tokens_to_comfy_latent
+    from ideogram4.vae import encode_image_to_tokens
+
+    pixels = torch.rand((1, 48, 64, 3), generator=torch.Generator().manual_seed(4))
+    native = comfy_inprocess.native_node("nodes", "VAEEncode")
+    (latent,) = comfy_inprocess.run_node(native, vae=pack_vae, pixels=pixels)
+    expected = tokens_to_comfy_latent(encode_image_to_tokens(core_vae, image_to_model_input(pixels)), 3, 4)
+    assert torch.equal(latent["samples"], expected)
+
+
+def test_decode_node_reuses_a_native_flux2_vae_with_ideogram_normalisation(host, core_vae, models):
+    """A native ComfyUI FLUX.2 VAE keeps its autoencoder (ComfyUI key layout, with the FLUX.2 bn statistics) in
+    ``first_stage_model``; the pack node decodes with those weights and Ideogram's constants, not the bn stats."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(models / "vae" / tiny.VAE_FILE))
+    state["bn.running_mean"] = torch.full_like(state["bn.running_mean"], 0.5)  # would shift colours if used
+    first_stage = torch.nn.Module()
+    first_stage.state_dict = lambda: state
+    native_like = types.SimpleNamespace(first_stage_model=first_stage)
+    latent = random_latent()
+    (image,) = comfy_inprocess.run_node(host.nodes.vae_nodes.VAEDecode, samples={"samples": latent},
+                                        vae=native_like, tiled=False)
+    assert torch.equal(image, core_decode(core_vae, latent))
+
+
+def test_decode_rejects_a_latent_of_another_model(host, pack_vae):
+    with pytest.raises(ValueError, match="expected a LATENT"):
+        comfy_inprocess.run_node(host.nodes.vae_nodes.VAEDecode, samples={"samples": torch.zeros(1, 16, 4, 4)},
+                                 vae=pack_vae, tiled=False)

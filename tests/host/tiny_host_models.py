@@ -1,0 +1,102 @@
+"""Tiny random Ideogram 4 weights written in the real file layouts, for the in-process host tests.
+
+Shapes are tiny but every structure is real: a 36-layer Qwen3-VL language model (tap 35 must exist) with the real
+vocabulary size (the real tokenizer's ids), a 2-layer DiT whose text width equals the encoder's 13 taps, and a
+FLUX.2-style VAE with 32 latent channels and 8x downscale. Weights come from the ideogram4 modules' own state
+dicts, so the key names are the ones the loaders read from the published files.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import torch
+from safetensors.torch import save_file
+
+from ideogram4.dit import Ideogram4DiT
+from ideogram4.dit_config import DiTConfig
+from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder
+from ideogram4.vae import Flux2AutoEncoder, VAEConfig
+
+TEXT_CONFIG = Qwen3VLTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=36, num_attention_heads=2,
+                                num_key_value_heads=1, head_dim=8)
+DIT_CONFIG = DiTConfig(num_layers=2, num_attention_heads=2, attention_head_dim=64, intermediate_size=256,
+                       adaln_dim=32, in_channels=128, llm_features_dim=TEXT_CONFIG.features_dim,
+                       mrope_section=(12, 10, 10))
+VAE_CONFIG = VAEConfig(encoder_channels=(32, 32, 32, 32), decoder_channels=(32, 32, 32, 32),
+                       encoder_blocks_per_level=1, decoder_blocks_per_level=1)
+
+COND_FILE = "ideogram4_tiny_cond.safetensors"
+UNCOND_FILE = "ideogram4_tiny_uncond.safetensors"
+COND_FP8_FILE = "ideogram4_tiny_cond_fp8_rowwise.safetensors"
+UNCOND_FP8_FILE = "ideogram4_tiny_uncond_fp8_rowwise.safetensors"
+TEXT_ENCODER_FILE = "qwen3vl_tiny.safetensors"
+VAE_FILE = "flux2_vae_tiny.safetensors"
+
+
+def _random_like(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
+    """N(0, 1/fan_in) matrices, norm weights near 1, small biases: activations stay O(1) in every layer."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in sorted(shapes.items()):
+        noise = torch.randn(shape, generator=generator)
+        if "norm" in name and name.endswith("weight"):
+            state[name] = 1.0 + 0.1 * noise
+        elif name.endswith("bias") or len(shape) == 1:
+            state[name] = 0.1 * noise
+        else:
+            fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
+            state[name] = noise / fan_in**0.5
+    return state
+
+
+def dit_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(DIT_CONFIG, device="meta").state_dict().items()}
+    state = _random_like(shapes, seed)
+    state["embed_image_indicator.weight"] = state["embed_image_indicator.weight"] * 5.0  # N(0, 0.5^2)-ish
+    # Velocities of O(1) like the real model (not O(10)), so latents stay O(1) through sampling.
+    state["final_layer.linear.weight"] = state["final_layer.linear.weight"] * 0.1
+    return state
+
+
+def fp8_rowwise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official fp8 layout: every block Linear weight float8_e4m3fn + per-row float32 weight_scale."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith("layers.") and key.endswith(".weight") and value.ndim == 2:
+            scale = value.abs().amax(dim=1) / 448.0
+            out[key] = (value / scale[:, None]).to(torch.float8_e4m3fn)
+            out[key[: -len(".weight")] + ".weight_scale"] = scale
+        else:
+            out[key] = value
+    return out
+
+
+def text_encoder_state_dict(seed: int = 11) -> dict[str, torch.Tensor]:
+    shapes = {k: tuple(v.shape) for k, v in Qwen3VLTextEncoder(TEXT_CONFIG, device="meta").state_dict().items()}
+    return _random_like(shapes, seed)
+
+
+def vae_state_dict(seed: int = 21) -> dict[str, torch.Tensor]:
+    shapes = {k: tuple(v.shape) for k, v in Flux2AutoEncoder(VAE_CONFIG, device="meta").state_dict().items()}
+    return _random_like(shapes, seed)
+
+
+def write_models(models_dir: pathlib.Path) -> pathlib.Path:
+    """Write every tiny model under ``models_dir/{diffusion_models,text_encoders,vae}``; returns ``models_dir``."""
+    dit_dir, te_dir, vae_dir = (models_dir / name for name in ("diffusion_models", "text_encoders", "vae"))
+    for folder in (dit_dir, te_dir, vae_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    cond, uncond = dit_state_dict(seed=1), dit_state_dict(seed=2)
+    save_file(cond, str(dit_dir / COND_FILE))
+    save_file(uncond, str(dit_dir / UNCOND_FILE))
+    save_file(fp8_rowwise(cond), str(dit_dir / COND_FP8_FILE))
+    save_file(fp8_rowwise(uncond), str(dit_dir / UNCOND_FP8_FILE))
+    # The Hugging Face Qwen3VLForConditionalGeneration prefix, as in the published text_encoder/ folders.
+    te = {f"model.language_model.{k}": v for k, v in text_encoder_state_dict().items()}
+    save_file(te, str(te_dir / TEXT_ENCODER_FILE))
+    vae = vae_state_dict()
+    vae["bn.running_mean"] = torch.zeros(4 * VAE_CONFIG.latent_channels)  # present in real FLUX.2 files
+    vae["bn.running_var"] = torch.ones(4 * VAE_CONFIG.latent_channels)
+    save_file(vae, str(vae_dir / VAE_FILE))
+    return models_dir

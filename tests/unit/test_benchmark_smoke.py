@@ -1,0 +1,85 @@
+"""CPU smoke test of the step benchmark (benchmarks/dit_step.py) with the tiny config: its correctness path must
+really compare the implementations (fp32: the pack, diffusers and ComfyUI native agree to rounding), and it must
+write the JSON and print the table. No timing is asserted.
+
+The ComfyUI-native comparison runs only where ComfyUI and its dependencies import (run this file with the host's
+Python, e.g. ``~/comfy/ComfyUI/.venv/bin/python -m pytest tests/unit/test_benchmark_smoke.py``); elsewhere it is
+skipped with the reason.
+"""
+
+import importlib.util
+import json
+
+import pytest
+
+from benchmarks import dit_step
+from benchmarks.native_comfy import DEFAULT_COMFYUI
+
+TINY_ARGS = ["--device", "cpu", "--config", "tiny", "--dtype", "fp32", "--sizes", "32", "48x32", "--text-tokens", "3",
+             "--diffusers-text-padding", "5", "--repeats", "1", "--warmup", "0", "--threads", "1"]
+FP32_AGREEMENT = 1e-5
+
+
+def _comfy_importable() -> bool:
+    if importlib.util.find_spec("comfy") is not None:
+        return True
+    has_source = (DEFAULT_COMFYUI / "comfy" / "ldm" / "ideogram4" / "model.py").is_file()
+    return has_source and all(importlib.util.find_spec(name) is not None
+                              for name in ("comfy_kitchen", "comfy_aimdo", "psutil"))
+
+
+def test_step_benchmark_checks_pack_against_diffusers_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    status = dit_step.main(TINY_ARGS + ["--implementations", "pack,diffusers", "--pack-variants", "sdpa=math",
+                                        "--json", str(out)])
+    assert status == 0
+    results = json.loads(out.read_text())
+
+    errors = {(row["pair"], row["branch"]): row["relative_error"] for row in results["check"]}
+    assert set(errors) == {(pair, branch) for pair in ("pack vs diffusers", "pack vs pack+sdpa=math")
+                           for branch in ("cond", "uncond")}
+    assert all(error <= FP32_AGREEMENT for error in errors.values()), errors
+
+    timings = {(row["size"], row["implementation"]): row for row in results["timings"]}
+    assert set(timings) == {(size, impl) for size in ("32x32", "48x32")
+                            for impl in ("pack", "pack+sdpa=math", "diffusers")}
+    for row in timings.values():
+        assert row["seconds"] > 0 and len(row["seconds_all"]) == 1
+        assert row["tflops"] == pytest.approx(row["step_flops"] / row["seconds"] / 1e12)
+    table = capsys.readouterr().out
+    assert "pack+sdpa=math" in table and "48x32" in table
+
+
+def test_check_fails_when_an_implementation_disagrees(monkeypatch):
+    """A wrong sign in one implementation (the classic ComfyUI -v slip) must fail the check."""
+    original = dit_step.pack_implementation
+
+    def wrong_sign_variant(name, cond_model, uncond_model, dtype, levers):
+        implementation = original(name, cond_model, uncond_model, dtype, levers)
+        if name == "pack":
+            return implementation
+        prepare = implementation.prepare
+
+        def negated(problem):
+            cond, uncond = prepare(problem)
+            return (lambda: -cond()), uncond
+
+        implementation.prepare = negated
+        return implementation
+
+    monkeypatch.setattr(dit_step, "pack_implementation", wrong_sign_variant)
+    status = dit_step.main(TINY_ARGS + ["--implementations", "pack", "--pack-variants", "sdpa=math", "--check-only"])
+    assert status == 1
+
+
+@pytest.mark.skipif(not _comfy_importable(), reason=f"ComfyUI native (at {DEFAULT_COMFYUI}) is not importable in "
+                    "this Python; run with the ComfyUI host's Python to include it")
+def test_pack_agrees_with_comfyui_native(tmp_path):
+    out = tmp_path / "results.json"
+    status = dit_step.main(TINY_ARGS + ["--implementations", "pack,native", "--check-only", "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert "native" not in results["skipped"], results["skipped"]
+    errors = {row["branch"]: row["relative_error"] for row in results["check"] if row["pair"] == "pack vs native"}
+    assert set(errors) == {"cond", "uncond"}
+    assert all(error <= FP32_AGREEMENT for error in errors.values()), errors
+    assert status == 0
