@@ -74,7 +74,9 @@ CONFIGS = {
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CHECK_TIME = 0.625
-IMPLEMENTATIONS = ("pack", "native", "diffusers")
+# pack-comfyops: the pack's DiT built with comfy.ops.disable_weight_init layers, as the nodes build it inside ComfyUI
+# for bf16 weights (needs ComfyUI importable, like native).
+IMPLEMENTATIONS = ("pack", "pack-comfyops", "native", "diffusers")
 
 
 # ---------------------------------------------------------------------------------------------------- weights
@@ -103,8 +105,10 @@ def random_state_dict(config: DiTConfig, seed: int, dtype: torch.dtype, device: 
     return state
 
 
-def build_pack_dit(config: DiTConfig, state: dict, dtype: torch.dtype) -> Ideogram4DiT:
-    model = Ideogram4DiT(config, dtype=dtype, device="meta", rope_frequency_dtype=torch.float32)
+def build_pack_dit(config: DiTConfig, state: dict, dtype: torch.dtype, operations=None) -> Ideogram4DiT:
+    """The pack's DiT on ``state``'s tensors; ``operations`` as a host passes them (None: plain torch.nn)."""
+    model = Ideogram4DiT(config, dtype=dtype, device="meta", operations=operations,
+                         rope_frequency_dtype=torch.float32)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
@@ -281,6 +285,10 @@ class Runner:
     def __init__(self, implementation: Implementation, problem: Problem, device: torch.device):
         self.implementation = implementation
         self.levers = implementation.levers or pack_levers.Levers()
+        if self.levers.compiled:
+            # Dynamo's cache does not key on the SDPA backend context or the Inductor settings a graph was
+            # compiled under: start afresh so that e.g. "compile" and "sdpa=cudnn+compile" each get their own.
+            pack_levers.reset_compiled()
         cond, uncond = implementation.prepare(problem)
         with self._levers_applied():
             self._step = pack_levers.make_step(cond, uncond, self.levers, device)
@@ -312,6 +320,10 @@ def time_steps(implementations: list[Implementation], problem: Problem, device: 
     """
     results = {implementation.name: {} for implementation in implementations}
     runners = {}
+    compiled = [i.name for i in implementations if i.levers is not None and i.levers.compiled]
+    if interleaved and len(compiled) > 1:
+        log(f"{problem.label}: {', '.join(compiled)} each need their own compiled graphs; timing sequentially")
+        interleaved = False
 
     def start(implementation):
         gc.collect()
@@ -448,7 +460,7 @@ def parse_args(argv=None):
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--implementations", default="pack,native,diffusers",
-                        help="comma list of pack, native, diffusers")
+                        help="comma list of pack, pack-comfyops (the pack on comfy.ops layers), native, diffusers")
     parser.add_argument("--pack-variants", default="",
                         help="comma list of extra pack variants, e.g. 'sdpa=cudnn,sdpa=flash,compile' "
                              "(see benchmarks/pack_levers.py)")
@@ -505,6 +517,15 @@ def build_implementations(args, config, dtype, device, log) -> tuple[list[Implem
     for spec in filter(None, (s.strip() for s in args.pack_variants.split(","))):
         levers = pack_levers.parse_levers(spec)
         implementations.append(pack_implementation(f"pack+{spec}", pack_cond, pack_uncond, dtype, levers))
+    if "pack-comfyops" in requested:
+        try:
+            from benchmarks.native_comfy import import_native_model_class
+
+            comfy_ops = import_native_model_class(args.comfyui, device.type)[1].disable_weight_init
+            comfy_models = [build_pack_dit(config, state, dtype, comfy_ops) for state in (cond_state, uncond_state)]
+            implementations.append(pack_implementation("pack-comfyops", *comfy_models, dtype, pack_levers.Levers()))
+        except Exception as error:  # noqa: BLE001 - reported in the table and the JSON
+            skipped["pack-comfyops"] = f"{type(error).__name__}: {error}"
     if "native" in requested:
         try:
             from benchmarks.native_comfy import build_native_dit

@@ -4,12 +4,13 @@
 #   HERE:  bash benchmarks/prepare_gpu_upload.sh step            # wheels + ComfyUI sources into .whl/ (58 MB)
 #   THERE: bash benchmarks/gpu_run.sh                            # device tool: carry [".whl"], timeout_s 600
 #
-# Phases (PHASES="check main compile" by default; each under its own time limit, each writing its JSON as it
+# Phases (PHASES="check main" by default; each under its own time limit, each writing its JSON as it
 # goes, so a phase that runs out of time keeps what it measured and the next phase still runs):
 #   check    fp32, small config, 512^2: pack vs native vs diffusers agree to rounding (catches convention slips
 #            in seconds, before the full-size run)                                            ~30 s (limit 120 s)
 #   main     bf16, full 9.28 B config, random weights shared by the three implementations: correctness at 1024^2
-#            (relative error <= 1e-2), then the step (cond + uncond) at 1024^2 and 2048^2 for the pack, its lever
+#            (relative error <= 1e-2), then the step (cond + uncond) at 1024^2 and 2048^2 for the pack (also on
+#            comfy.ops layers, as inside ComfyUI), its lever
 #            variants (SDPA backends, fused norm+RoPE, two streams, CUDA graphs, manual RMSNorm), ComfyUI native
 #            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 330 s)
 #   compile  torch.compile of the block (opt-in lever: costs compile time), with and without cuDNN attention,
@@ -25,12 +26,21 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
-PHASES="${PHASES:-check main compile}"
+PHASES="${PHASES:-check main}"
 VARIANTS="${VARIANTS:-sdpa=flash,sdpa=cudnn,sdpa=efficient,normrope,sdpa=cudnn+normrope,streams,graphs,rmsnorm=manual}"
 PY="${PYTHON:-python3}"
+# Dry run on a CPU (checks this script end to end in minutes; the CUDA-only variants fail and are reported as such):
+#   DEVICE=cpu CONFIG=tiny CHECK_CONFIG=tiny SIZES="32 64" CHECK_SIZE=32 EXTRA_ARGS="--threads 1" SKIP_WHEELS=1 \
+#   PYTHON=~/comfy/ComfyUI/.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_run.sh
+DEVICE="${DEVICE:-cuda}"
+CONFIG="${CONFIG:-full}"
+SIZES="${SIZES:-1024 2048}"
+CHECK_SIZE="${CHECK_SIZE:-512}"
+CHECK_CONFIG="${CHECK_CONFIG:-small}"
+EXTRA_ARGS="${EXTRA_ARGS:-}"
 export PYTHONUNBUFFERED=1
 
-if ls .whl/*.whl >/dev/null 2>&1; then
+if [ -z "${SKIP_WHEELS:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "gpu_run: installing the carried wheels failed" >&2; exit 3; }
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -41,7 +51,7 @@ if [ -f .whl/comfyui-src.tar.gz ]; then
 fi
 
 {
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   date -u +"%Y-%m-%d %H:%M UTC"
 } 2>&1 | tee "$OUT/gpu.txt"
@@ -50,20 +60,21 @@ status=0
 for phase in $PHASES; do
   case "$phase" in
     check)
-      timeout 120 "$PY" -m benchmarks.dit_step --device cuda --config small --dtype fp32 --sizes 512 \
-        --check-only --json "$OUT/check_fp32.json" 2>&1 | tee "$OUT/check.log" || status=1 ;;
+      timeout 120 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CHECK_CONFIG" --dtype fp32 --sizes "$CHECK_SIZE" \
+        --check-only $EXTRA_ARGS --json "$OUT/check_fp32.json" 2>&1 | tee "$OUT/check.log" || status=1 ;;
     main)
-      timeout 330 "$PY" -m benchmarks.dit_step --device cuda --config full --dtype bf16 --sizes 1024 2048 \
-        --repeats 5 --warmup 2 --pack-variants "$VARIANTS" --json "$OUT/results.json" 2>&1 | tee "$OUT/main.log" \
+      timeout 330 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
+        --implementations pack,pack-comfyops,native,diffusers \
+        --repeats 5 --warmup 2 --pack-variants "$VARIANTS" $EXTRA_ARGS --json "$OUT/results.json" 2>&1 | tee "$OUT/main.log" \
         || status=1 ;;
     compile)
-      timeout 140 "$PY" -m benchmarks.dit_step --device cuda --config full --dtype bf16 --sizes 1024 2048 \
+      timeout 140 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
         --repeats 5 --warmup 2 --implementations pack,native --pack-variants "compile,sdpa=cudnn+compile" \
-        --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" || status=1 ;;
+        $EXTRA_ARGS --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" || status=1 ;;
     memory)
       # needs the other upload: bash benchmarks/prepare_gpu_upload.sh memory
-      timeout 560 "$PY" -m benchmarks.memory_tiers --make-models full --models-dir /tmp/i4-models --caps 24 12 \
-        --size 1024 --runs 2 --timeout 240 --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" || status=1 ;;
+      timeout 560 "$PY" -m benchmarks.memory_tiers --device "$DEVICE" --make-models "${MEMORY_MODELS:-full}" \
+        --models-dir /tmp/i4-models-"${MEMORY_MODELS:-full}" --caps 24 12 --size "${MEMORY_SIZE:-1024}" --runs 2 --timeout 240 --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" || status=1 ;;
     *) echo "gpu_run: unknown phase $phase (check, main, compile, memory)" >&2; status=2 ;;
   esac
 done

@@ -7,6 +7,9 @@ A variant is a ``+``-joined list of levers after the implementation name, e.g. `
     sdpa=flash|cudnn|efficient|math   force one SDPA backend (``torch.nn.attention.sdpa_kernel``)
     normrope                          q/k RMSNorm + RoPE as one compiled function per tensor (torch.compile)
     compile                           torch.compile of every TransformerBlock (shared code, one graph per shape)
+    fastcasts                         with normrope/compile: let Inductor keep float32 intermediates inside its
+                                      fused kernels; by default ``emulate_precision_casts`` rounds them to bf16
+                                      where eager does, so the compiled code reproduces the eager bits
     rmsnorm=manual                    RMSNorm as float32 arithmetic instead of F.rms_norm (the slower reference
                                       style of diffusers; measures what the fused F.rms_norm is worth)
     streams                           conditional and unconditional forwards on two CUDA streams at once
@@ -35,7 +38,8 @@ SDPA_BACKENDS = {
     "efficient": "EFFICIENT_ATTENTION",
     "math": "MATH",
 }
-FLAGS = ("normrope", "compile", "streams", "graphs")
+FLAGS = ("normrope", "compile", "fastcasts", "streams", "graphs")
+COMPILED = ("normrope", "compile")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,10 @@ class Levers:
 
     def has(self, flag: str) -> bool:
         return flag in self.flags
+
+    @property
+    def compiled(self) -> bool:
+        return any(flag in self.flags for flag in COMPILED)
 
 
 def parse_levers(spec: str) -> Levers:
@@ -84,6 +92,12 @@ def _norm_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Ten
 @functools.lru_cache(maxsize=None)
 def _compiled(function: Callable) -> Callable:
     return torch.compile(function, dynamic=False)
+
+
+def reset_compiled() -> None:
+    """Forget every compiled graph (dynamo's caches and ours)."""
+    _compiled.cache_clear()
+    torch._dynamo.reset()
 
 
 def _attention_with_fused_norm_rope(attention: Attention, x, cos, sin, attention_mask):
@@ -128,6 +142,10 @@ def applied(models, levers: Levers):
                     # the code (one compilation per sequence length).
                     compiled_forward = _compiled(type(module).forward)
                     stack.enter_context(_patched(module, "forward", functools.partial(compiled_forward, module)))
+        if levers.compiled:
+            import torch._inductor.config
+
+            stack.enter_context(torch._inductor.config.patch(emulate_precision_casts=not levers.has("fastcasts")))
         if levers.sdpa is not None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -11,6 +11,8 @@ Weight dtype choices (compute dtype: bf16 where the load device supports it, the
 
 from __future__ import annotations
 
+import dataclasses
+
 import comfy.model_management
 import folder_paths
 import torch
@@ -90,10 +92,14 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
     del cond_checkpoint
     uncond_checkpoint = load_dit_checkpoint(uncond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
     if uncond_checkpoint.config != cond_config:
+        differences = ", ".join(
+            f"{field.name}={getattr(cond_config, field.name)!r} vs {getattr(uncond_checkpoint.config, field.name)!r}"
+            for field in dataclasses.fields(cond_config)
+            if getattr(cond_config, field.name) != getattr(uncond_checkpoint.config, field.name))
         raise CheckpointError(
             f"the conditional model {cond_path} and the unconditional model {uncond_path} do not match "
-            f"({cond_config} vs {uncond_checkpoint.config}). Both Ideogram 4 transformers must have the same "
-            "architecture; pick the matching pair (e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
+            f"({differences}). Both Ideogram 4 transformers must have the same architecture; pick the matching "
+            "pair (e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
         )
     return cond, build_dit_patcher(uncond_checkpoint, compute_dtype, quantize, load_device)
 

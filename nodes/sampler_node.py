@@ -15,6 +15,7 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
+from ideogram4.constants import PIXELS_PER_TOKEN
 from ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
 from ideogram4.sampler import img2img_start, make_noise, sample
 from ideogram4.schedule import logit_normal_schedule
@@ -38,9 +39,6 @@ from .settings import (
     steps_input,
     width_input,
 )
-
-PIXELS_PER_LATENT = 16
-
 
 def text_features(conditioning, batch: int) -> tuple[torch.Tensor, list[int] | None]:
     """CONDITIONING ``[[features (1 or B, n, F), {...}], ...]`` -> (features (B, n, F), real lengths or None).
@@ -80,7 +78,7 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
         if samples.ndim != 4 or samples.shape[1] != 128:
             raise ValueError(f"Ideogram 4 Sampler: expected a LATENT (B, 128, H/16, W/16), got {tuple(samples.shape)}.")
         batch_size, _, grid_h, grid_w = samples.shape
-        width, height = grid_w * PIXELS_PER_LATENT, grid_h * PIXELS_PER_LATENT
+        width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
     else:
         grid_h, grid_w = check_size(width, height)
         if denoise != 1.0:

@@ -16,15 +16,20 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ideogram4.constants import PIXELS_PER_TOKEN
 from ideogram4.latent import comfy_latent_to_tokens, decoded_to_image, image_to_model_input, tokens_to_comfy_latent
-from ideogram4.vae import DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE, Flux2AutoEncoder, decode_latent_tokens, \
-    encode_image_to_tokens
+from ideogram4.vae import (
+    DEFAULT_TILE_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    Flux2AutoEncoder,
+    decode_latent_tokens,
+    encode_image_to_tokens,
+)
 from ideogram4.vae_checkpoint import load_vae
 
 from .settings import CATEGORY
 
 VAE_FOLDER = "vae"
-PIXELS_PER_LATENT = 16  # one LATENT position (token) = 16 x 16 pixels
 RAW_LATENT_PER_LATENT = 2  # the VAE's own latent is 2x finer than the LATENT (2x2 patches)
 
 
@@ -64,10 +69,10 @@ class Ideogram4VAE:
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """IMAGE (B, H, W, C) with H, W multiples of 16 -> LATENT samples (B, 128, H/16, W/16) (img2img start)."""
-        self._load(pixels.shape[0] * pixels.shape[1] * pixels.shape[2] // PIXELS_PER_LATENT ** 2)
+        self._load(pixels.shape[0] * pixels.shape[1] * pixels.shape[2] // PIXELS_PER_TOKEN ** 2)
         tokens = encode_image_to_tokens(self.model, image_to_model_input(pixels), self.dtype,
                                         device=self.patcher.load_device)
-        grid_h, grid_w = pixels.shape[1] // PIXELS_PER_LATENT, pixels.shape[2] // PIXELS_PER_LATENT
+        grid_h, grid_w = pixels.shape[1] // PIXELS_PER_TOKEN, pixels.shape[2] // PIXELS_PER_TOKEN
         return tokens_to_comfy_latent(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
 
     def encode_tiled(self, pixels, tile_x=None, tile_y=None, overlap=None, tile_t=None, overlap_t=None):
@@ -75,10 +80,10 @@ class Ideogram4VAE:
         return self.encode(pixels)
 
     def spacial_compression_decode(self) -> int:
-        return PIXELS_PER_LATENT
+        return PIXELS_PER_TOKEN
 
     def spacial_compression_encode(self) -> int:
-        return PIXELS_PER_LATENT
+        return PIXELS_PER_TOKEN
 
     def temporal_compression_decode(self):
         return None

@@ -5,9 +5,11 @@ ComfyUI shows an exception's message as the node error, so each must name what i
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 
 import pytest
+from safetensors.torch import save_file
 
 import comfy_inprocess
 
@@ -29,6 +31,8 @@ def models(host, tmp_path_factory):
     shutil.copy(models_dir / "diffusion_models" / tiny.COND_FILE, models_dir / "text_encoders" / "actually_a_dit.safetensors")
     shutil.copy(models_dir / "text_encoders" / tiny.TEXT_ENCODER_FILE, models_dir / "vae" / "actually_a_te.safetensors")
     (models_dir / "diffusion_models" / "broken.safetensors").write_bytes(b"<html>404 not found</html>")
+    three_layers = dataclasses.replace(tiny.DIT_CONFIG, num_layers=3)
+    save_file(tiny.dit_state_dict(seed=3, config=three_layers), str(models_dir / "diffusion_models" / "other_dit.safetensors"))
     comfy_inprocess.register_models(models_dir)
     return models_dir
 
@@ -69,6 +73,12 @@ def test_dit_loader_refuses_a_file_that_is_not_safetensors(host, models):
     with pytest.raises(ValueError, match=r"broken\.safetensors"):
         comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="broken.safetensors",
                                  uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
+
+
+def test_dit_loader_refuses_a_cond_uncond_pair_of_different_models(host, models):
+    with pytest.raises(ValueError, match=r"other_dit\.safetensors do not match \(num_layers=2 vs 3\)"):
+        comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=tiny.COND_FILE,
+                                 uncond_model_name="other_dit.safetensors", weight_dtype="default")
 
 
 def test_text_encoder_loader_refuses_a_dit_file(host, models):

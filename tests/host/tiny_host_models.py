@@ -50,8 +50,8 @@ def _random_like(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, tor
     return state
 
 
-def dit_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(DIT_CONFIG, device="meta").state_dict().items()}
+def dit_state_dict(seed: int, config: DiTConfig = DIT_CONFIG) -> dict[str, torch.Tensor]:
+    shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(config, device="meta").state_dict().items()}
     state = _random_like(shapes, seed)
     state["embed_image_indicator.weight"] = state["embed_image_indicator.weight"] * 5.0  # N(0, 0.5^2)-ish
     # Velocities of O(1) like the real model (not O(10)), so latents stay O(1) through sampling.
