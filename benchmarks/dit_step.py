@@ -68,6 +68,10 @@ CONFIGS = {
     # Real head width (256) and the released MRoPE sections, everything else scaled down for a CPU.
     "small": DiTConfig(num_layers=4, num_attention_heads=4, attention_head_dim=256, intermediate_size=2688,
                        adaln_dim=128, llm_features_dim=13 * 896),
+    # All 34 blocks and the real head width, narrow otherwise: how bf16 differences between the implementations grow
+    # with depth, checked on a CPU.
+    "deep": DiTConfig(num_layers=34, num_attention_heads=2, attention_head_dim=256, intermediate_size=1344,
+                      adaln_dim=64, llm_features_dim=13 * 64),
     # The unit tests' size: seconds on a CPU, for smoke tests only.
     "tiny": DiTConfig(num_layers=2, num_attention_heads=2, attention_head_dim=64, intermediate_size=256,
                       adaln_dim=32, llm_features_dim=96, mrope_section=(12, 10, 10)),
@@ -310,13 +314,14 @@ def velocities(implementation: Implementation, problem: Problem, device: torch.d
 
 
 def time_steps(implementations: list[Implementation], problem: Problem, device: torch.device, warmup: int,
-               repeats: int, interleaved: bool, log) -> list[dict]:
+               repeats: int, interleaved: bool, log, on_row: Callable[[dict], None] = lambda row: None) -> list[dict]:
     """Per implementation: median wall time of a step after warm-up, first-call time (compilation, graph capture),
     peak GPU memory.
 
     ``interleaved``: round-robin over the implementations (one step each per round) so that a machine shared with
     other work slows all of them alike; otherwise one implementation after the other (memory figures are exact
-    only then: a CUDA graph's memory pool lives as long as its runner).
+    only then: a CUDA graph's memory pool lives as long as its runner). ``on_row`` gets each finished row at once
+    (sequential) so a run stopped half way keeps what it measured.
     """
     results = {implementation.name: {} for implementation in implementations}
     runners = {}
@@ -367,6 +372,16 @@ def time_steps(implementations: list[Implementation], problem: Problem, device: 
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    def finished_row(implementation):
+        row = results[implementation.name]
+        row.pop("resident", None)
+        if "error" not in row and "seconds" not in row:
+            row["seconds"] = statistics.median(row["seconds_all"])
+            row["seconds_min"] = min(row["seconds_all"])
+            log(f"{problem.label} {implementation.name}: {row['seconds']:.4f} s (first call "
+                f"{row['first_call_seconds']:.2f} s)")
+        return {"size": problem.label, "implementation": implementation.name, **row}
+
     if interleaved:
         for implementation in implementations:
             guarded(implementation, lambda i=implementation: runners.__setitem__(i.name, start(i)))
@@ -383,17 +398,13 @@ def time_steps(implementations: list[Implementation], problem: Problem, device: 
                     timed(i, runner)
                 finish(i)
             guarded(implementation, sequence)
+            on_row(finished_row(implementation))
 
     rows = []
     for implementation in implementations:
-        row = results[implementation.name]
-        row.pop("resident", None)
-        if "error" not in row:
-            row["seconds"] = statistics.median(row["seconds_all"])
-            row["seconds_min"] = min(row["seconds_all"])
-            log(f"{problem.label} {implementation.name}: {row['seconds']:.4f} s (first call "
-                f"{row['first_call_seconds']:.2f} s)")
-        rows.append({"size": problem.label, "implementation": implementation.name, **row})
+        rows.append(finished_row(implementation))
+        if interleaved:
+            on_row(rows[-1])
     return rows
 
 
@@ -622,12 +633,14 @@ def run(args) -> int:
         interleaved = args.schedule == "interleaved" or (args.schedule == "auto" and device.type == "cpu")
         for problem in problems:
             flops = step_flops(config, problem.image_tokens, args.text_tokens, args.batch)
-            for row in time_steps(implementations, problem, device, args.warmup, args.repeats, interleaved, log):
+            def record(row, flops=flops):
                 row["step_flops"] = flops
                 if "seconds" in row:
                     row["tflops"] = flops / row["seconds"] / 1e12
                 results["timings"].append(row)
-            save()
+                save()
+
+            time_steps(implementations, problem, device, args.warmup, args.repeats, interleaved, log, record)
 
     print()
     print(f"Ideogram 4 DiT step ({args.config} config, {args.dtype}, {args.text_tokens} text tokens, batch "

@@ -7,19 +7,20 @@
 # Phases (PHASES="check main" by default; each under its own time limit, each writing its JSON as it
 # goes, so a phase that runs out of time keeps what it measured and the next phase still runs):
 #   check    fp32, small config, 512^2: pack vs native vs diffusers agree to rounding (catches convention slips
-#            in seconds, before the full-size run)                                            ~30 s (limit 120 s)
+#            in seconds, before the full-size run)                                            ~30 s (limit 90 s)
 #   main     bf16, full 9.28 B config, random weights shared by the three implementations: correctness at 1024^2
 #            (relative error <= 1e-2), then the step (cond + uncond) at 1024^2 and 2048^2 for the pack (also on
 #            comfy.ops layers, as inside ComfyUI), its lever
 #            variants (SDPA backends, fused norm+RoPE, two streams, CUDA graphs, manual RMSNorm), ComfyUI native
-#            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 330 s)
-#   compile  torch.compile of the block (opt-in lever: costs compile time), with and without cuDNN attention,
-#            against native (limit 140 s: 1024^2 first, 2048^2 if time is left)
+#            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 300 s)
+#   compile  torch.compile of the block (opt-in lever: costs compile time) with cuDNN attention, with the eager
+#            bf16 rounding kept (emulate_precision_casts) and without it (fastcasts), against native
+#            (limit 200 s: 1024^2 first, 2048^2 if time is left)
 #   memory   (not in the default list; needs `prepare_gpu_upload.sh memory` instead of `step`) the whole pipeline
 #            at 1024^2, V4_DEFAULT_20, fp8 weights, under ComfyUI model management capped at 24 and 12 GiB; writes
 #            ~28 GB of random full-size stand-in files to /tmp/i4-models first (limit 560 s)
-# Device time is 15 min per session, machine start included: run PHASES="check main" (<= 450 s), then at once,
-# while the machine is still warm, PHASES=compile (<= 140 s). The memory phase needs a session of its own.
+# Device time is 15 min per session, machine start included: run PHASES="check main" (<= 390 s), then at once,
+# while the machine is still warm, PHASES=compile (<= 200 s). The memory phase needs a session of its own.
 # Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
 # are printed at the end of each phase. Copy the figures into benchmarks/RESULTS.md with the card and the date.
 set -uo pipefail
@@ -60,16 +61,16 @@ status=0
 for phase in $PHASES; do
   case "$phase" in
     check)
-      timeout 120 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CHECK_CONFIG" --dtype fp32 --sizes "$CHECK_SIZE" \
+      timeout 90 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CHECK_CONFIG" --dtype fp32 --sizes "$CHECK_SIZE" \
         --check-only $EXTRA_ARGS --json "$OUT/check_fp32.json" 2>&1 | tee "$OUT/check.log" || status=1 ;;
     main)
-      timeout 330 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
+      timeout 300 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
         --implementations pack,pack-comfyops,native,diffusers \
         --repeats 5 --warmup 2 --pack-variants "$VARIANTS" $EXTRA_ARGS --json "$OUT/results.json" 2>&1 | tee "$OUT/main.log" \
         || status=1 ;;
     compile)
-      timeout 140 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
-        --repeats 5 --warmup 2 --implementations pack,native --pack-variants "compile,sdpa=cudnn+compile" \
+      timeout 200 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
+        --repeats 5 --warmup 2 --implementations pack,native --pack-variants "sdpa=cudnn+compile,sdpa=cudnn+compile+fastcasts" \
         $EXTRA_ARGS --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" || status=1 ;;
     memory)
       # needs the other upload: bash benchmarks/prepare_gpu_upload.sh memory

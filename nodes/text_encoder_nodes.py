@@ -79,6 +79,9 @@ class TextEncoderLoader(io.ComfyNode):
         return io.NodeOutput(load_text_encoder_for_comfy(path))
 
 
+CAPTION_OK_TEXT = "Caption check: no problems."
+
+
 def caption_report_text(prompt: str) -> str | None:
     """The caption check's summary when it has something to say (problems or warnings), else None."""
     report = validate_caption(prompt)
@@ -112,4 +115,5 @@ class TextEncode(io.ComfyNode):
         if report is not None:
             logging.warning("Ideogram 4 Text Encode: %s", report)
         features = text_encoder.encode(prompt)
-        return io.NodeOutput([[features, {}]], ui=ui.PreviewText(report) if report is not None else None)
+        # Always send a text, so the node's report (web/js) is replaced on every run, not left stale.
+        return io.NodeOutput([[features, {}]], ui=ui.PreviewText(report or CAPTION_OK_TEXT))

@@ -101,7 +101,8 @@ def test_text_encode_shows_caption_problems_on_the_node(host, tmp_path_factory):
     assert features.shape[0] == 1 and features.shape[2] == tiny.TEXT_CONFIG.features_dim and options == {}
     shown = output.ui.as_dict()["text"][0]
     assert "background" in shown and "problem" in shown
-    # A clean caption has nothing to report.
+    # A clean caption replaces the earlier report with the all-clear line.
     good = ('{"high_level_description":"A red wall.","compositional_deconstruction":'
             '{"background":"a red wall","elements":[]}}')
-    assert nodes.text_encoder_nodes.TextEncode.execute(text_encoder=encoder, prompt=good).ui is None
+    clean = nodes.text_encoder_nodes.TextEncode.execute(text_encoder=encoder, prompt=good)
+    assert list(clean.ui.as_dict()["text"]) == ["Caption check: no problems."]
