@@ -14,6 +14,14 @@ angles and cos/sin are computed in float32 with autocast off (``inv_freq`` compu
 transformers does at construction) and cast to the compute dtype before the rotation; attention is
 ``F.scaled_dot_product_attention`` with a boolean causal (+ key padding) mask, always passed as the official
 pipeline always passes one, and the KV heads repeated to the query heads.
+
+Official sequence mode (``image_slots > 0``): the official pipeline runs Qwen3-VL over its whole packed sequence,
+``[left pad][text][one slot per image token]``, with only the real text attended to. The slots are masked (and
+follow the text, so causality hides them too), so the text features are mathematically those of the text alone,
+but in bf16 the attention kernels reduce over a longer, masked row of keys and can round the last bits
+differently (seen on GPU; the CPU kernel here happens to give the same bits). Passing the image's token count as ``image_slots`` rebuilds that
+sequence (:func:`official_sequence`) and reproduces the official features bit for bit; 0 encodes the text
+alone (faster, same maths).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ideogram4.constants import QWEN3_VL_ACTIVATION_LAYERS
+from ideogram4.constants import PIXELS_PER_TOKEN, QWEN3_VL_ACTIVATION_LAYERS
 from ideogram4.ops import resolve_operations
 from ideogram4.tokens import tokenize_prompts
 
@@ -135,6 +143,51 @@ def positions_from_mask(attention_mask: torch.Tensor | None, batch: int, length:
         return torch.arange(length, device=device).expand(batch, length)
     mask = attention_mask.to(device=device, dtype=torch.long)
     return (mask.cumsum(dim=-1) - 1).clamp(min=0) * mask
+
+
+# Token id the official packing writes into left padding and image slots (its id buffer starts as zeros).
+OFFICIAL_FILLER_TOKEN_ID = 0
+
+
+def image_slot_count(width: int, height: int) -> int:
+    """Image tokens of a width x height image, (height // 16) * (width // 16): the slots the official pipeline
+    appends after the text when it encodes a prompt. Both sides must be non-negative multiples of 16."""
+    for name, value in (("width", width), ("height", height)):
+        if value < 0 or value % PIXELS_PER_TOKEN != 0:
+            raise ValueError(
+                f"image_slot_count: {name}={value} is not a non-negative multiple of {PIXELS_PER_TOKEN}; "
+                f"Ideogram 4 images are made of {PIXELS_PER_TOKEN}x{PIXELS_PER_TOKEN} pixel tokens. Use the "
+                f"image size you sample at (a multiple of {PIXELS_PER_TOKEN})."
+            )
+    return (height // PIXELS_PER_TOKEN) * (width // PIXELS_PER_TOKEN)
+
+
+def official_sequence(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_slots: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sequence the official pipeline feeds Qwen3-VL for these (left-padded) prompts.
+
+    input_ids (B, L) int64 and attention_mask (B, L) (True/1 on real tokens; None = all real) ->
+    ids, mask, positions, each (B, L + image_slots): layout ``[pad][text][image_slots slots]``; padding and
+    slots carry token id 0 and position 0; text positions count 0..n-1 from each row's first real token; the
+    mask (bool) is True on the real text only, so pads and slots are never attended to.
+    """
+    if image_slots < 0:
+        raise ValueError(f"official_sequence: image_slots must be >= 0, got {image_slots}")
+    batch, length = input_ids.shape
+    device = input_ids.device
+    if attention_mask is None:
+        text_mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    else:
+        text_mask = attention_mask.to(device=device, dtype=torch.bool)
+    slots_mask = torch.zeros(batch, image_slots, dtype=torch.bool, device=device)
+    mask = torch.cat((text_mask, slots_mask), dim=1)
+    text_ids = torch.where(text_mask, input_ids, torch.full_like(input_ids, OFFICIAL_FILLER_TOKEN_ID))
+    ids = torch.cat((text_ids, torch.full((batch, image_slots), OFFICIAL_FILLER_TOKEN_ID, dtype=input_ids.dtype,
+                                          device=device)), dim=1)
+    # Counted over the extended mask, so pads and slots (mask 0) get position 0, as the official packing.
+    positions = positions_from_mask(mask, batch, length + image_slots, device)
+    return ids, mask, positions
 
 
 def attention_mask_4d(attention_mask: torch.Tensor | None, length: int, device) -> torch.Tensor:
@@ -264,39 +317,53 @@ class Qwen3VLTextEncoder(nn.Module):
             for _ in range(num_layers_to_build())
         )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, image_slots: int = 0
+    ) -> torch.Tensor:
         """input_ids (B, L) int64; attention_mask (B, L), True/1 on real tokens (left padding), or None when
-        every row is fully real. Returns (B, L, hidden*13) float32, padding rows zero."""
+        every row is fully real. Returns (B, L, hidden*13) float32, padding rows zero.
+
+        ``image_slots`` > 0 runs the official packed sequence instead (:func:`official_sequence`: the text
+        followed by that many masked image slots) and returns the features of the L text rows only; the
+        result is what the official pipeline computes, bit for bit in bf16. 0 runs the text alone.
+        """
         batch, length = input_ids.shape
         device = input_ids.device
+        if image_slots > 0:
+            input_ids, attention_mask, positions = official_sequence(input_ids, attention_mask, image_slots)
+        else:
+            positions = positions_from_mask(attention_mask, batch, length, device)
         hidden = self.embed_tokens(input_ids)
         if self.compute_dtype is not None:
             hidden = hidden.to(self.compute_dtype)
-        positions = positions_from_mask(attention_mask, batch, length, device)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, hidden.dtype)
-        mask = attention_mask_4d(attention_mask, length, device)
+        mask = attention_mask_4d(attention_mask, input_ids.shape[1], device)
 
-        # Filled tap by tap as the layers run, so no list of 13 hidden states is kept alive.
+        # Filled tap by tap as the layers run (text rows only), so no list of 13 hidden states is kept alive.
         features = torch.empty(batch, length, self.config.hidden_size, len(QWEN3_VL_ACTIVATION_LAYERS),
                                dtype=torch.float32, device=device)
         tap_slot = {layer: slot for slot, layer in enumerate(QWEN3_VL_ACTIVATION_LAYERS)}
         for index, layer in enumerate(self.layers):
             hidden = layer(hidden, cos, sin, mask)
             if index in tap_slot:
-                features[..., tap_slot[index]] = hidden
+                features[..., tap_slot[index]] = hidden[:, :length]
         features = features.view(batch, length, -1)
         if attention_mask is not None:
-            features.mul_(attention_mask.to(device=device, dtype=features.dtype)[..., None])
+            text_mask = attention_mask[:, :length].to(device=device, dtype=features.dtype)
+            features.mul_(text_mask[..., None])
         return features
 
 
 def encode_prompts(
-    encoder: Qwen3VLTextEncoder, tokenizer, prompts: list[str], device=None
+    encoder: Qwen3VLTextEncoder, tokenizer, prompts: list[str], device=None, image_slots: int = 0
 ) -> tuple[torch.Tensor, list[int]]:
     """Prompts -> ((B, L, hidden*13) float32 features, real token count per prompt).
 
     Each prompt goes through the official chat template (:mod:`ideogram4.tokens`); several prompts are
     left-padded to the longest with the padding rows zeroed. ``device`` defaults to the embedding's device.
+    ``image_slots`` (:func:`image_slot_count` of the sampled size) encodes as the official pipeline does, the
+    text followed by the image's masked token slots, for bit-identical bf16 features; 0 (default) encodes the
+    text alone (faster, the same maths).
     """
     if isinstance(prompts, str):
         raise TypeError("encode_prompts takes a list of prompts; wrap a single prompt in a list")
@@ -306,5 +373,5 @@ def encode_prompts(
     # No mask when nothing is padded: the same maths, and no mask to build per layer.
     attention_mask = None if len(set(batch.lengths)) == 1 else batch.attention_mask.to(device)
     with torch.no_grad():
-        features = encoder(batch.input_ids.to(device), attention_mask)
+        features = encoder(batch.input_ids.to(device), attention_mask, image_slots=image_slots)
     return features, batch.lengths

@@ -79,15 +79,16 @@ class TextEncoderLayout:
 
 @dataclass
 class LoadedTextEncoder:
-    """A loaded encoder with its tokenizer. ``encode(prompts)`` -> ((B, L, hidden*13) float32, lengths)."""
+    """A loaded encoder with its tokenizer. ``encode(prompts)`` -> ((B, L, hidden*13) float32, lengths);
+    ``image_slots`` as in :func:`ideogram4.text_encoder.encode_prompts` (0 = text alone)."""
 
     encoder: Qwen3VLTextEncoder
     tokenizer: object
     layout: TextEncoderLayout
     tokenizer_dir: pathlib.Path
 
-    def encode(self, prompts: list[str], device=None) -> tuple[torch.Tensor, list[int]]:
-        return encode_prompts(self.encoder, self.tokenizer, prompts, device=device)
+    def encode(self, prompts: list[str], device=None, image_slots: int = 0) -> tuple[torch.Tensor, list[int]]:
+        return encode_prompts(self.encoder, self.tokenizer, prompts, device=device, image_slots=image_slots)
 
 
 # ----------------------------------------------------------------------------------------------------------------

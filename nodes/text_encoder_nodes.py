@@ -4,7 +4,9 @@ The encoder (Qwen3-VL language model tapped at 13 layers, :mod:`ideogram4.text_e
 on ``text_encoder_device()`` with ``text_encoder_offload_device()`` as offload device, so ComfyUI loads it only
 while encoding and can free it before sampling. Text Encode returns a native CONDITIONING
 ``[[features (1, n, 53248), {}]]``; problems the caption check finds (:func:`ideogram4.caption.validate_caption`)
-are logged and shown on the node, never fatal (the prompt is encoded as written).
+are logged and shown on the node, never fatal (the prompt is encoded as written). Its optional official size
+encodes the text together with that image's token slots, as the official pipeline does
+(:func:`ideogram4.text_encoder.encode_prompts` ``image_slots``), for bit-identical bf16 features.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import torch
 from comfy_api.latest import io, ui
 
 from ideogram4.caption import validate_caption
+from ideogram4.constants import PIXELS_PER_TOKEN
+from ideogram4.text_encoder import image_slot_count
 from ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
 from .settings import CATEGORY
@@ -39,10 +43,11 @@ class Ideogram4TextEncoder:
         self.patcher = comfy.model_patcher.ModelPatcher(loaded.encoder, load_device=load_device,
                                                         offload_device=offload_device)
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        """One prompt -> text features (1, n, hidden*13) float32 on ComfyUI's intermediate device."""
+    def encode(self, prompt: str, image_slots: int = 0) -> torch.Tensor:
+        """One prompt -> text features (1, n, hidden*13) float32 on ComfyUI's intermediate device.
+        ``image_slots`` > 0 encodes it with that many image slots, as the official pipeline does."""
         comfy.model_management.load_models_gpu([self.patcher])
-        features, _ = self.loaded.encode([prompt], device=self.patcher.load_device)
+        features, _ = self.loaded.encode([prompt], device=self.patcher.load_device, image_slots=image_slots)
         return features.to(comfy.model_management.intermediate_device())
 
 
@@ -90,6 +95,28 @@ def caption_report_text(prompt: str) -> str | None:
     return report.summary()
 
 
+OFFICIAL_SIZE_TOOLTIP = (
+    "0 = encode the text alone (faster, same maths). Set to the image size you sample at to reproduce the "
+    "official pipeline's text features bit for bit (it encodes the text together with the image's token slots)."
+)
+OFFICIAL_SIZE_MAX = 16384
+
+
+def official_image_slots(official_width: int, official_height: int) -> int:
+    """Image slots for Text Encode's official size: both > 0 -> the image's token count; either 0 -> 0 (text
+    alone). Raises ValueError naming the inputs when a size is not a non-negative multiple of 16."""
+    for name, value in (("official_width", official_width), ("official_height", official_height)):
+        if value < 0 or value % PIXELS_PER_TOKEN != 0:
+            raise ValueError(
+                f"Ideogram 4 Text Encode: {name} is {value}, which is not a multiple of {PIXELS_PER_TOKEN}. Set it "
+                f"to the width/height you sample at (a multiple of {PIXELS_PER_TOKEN}, as the sampler requires), "
+                f"or to 0 to encode the text alone."
+            )
+    if official_width == 0 or official_height == 0:
+        return 0
+    return image_slot_count(official_width, official_height)
+
+
 class TextEncode(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -104,16 +131,23 @@ class TextEncode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt: an Ideogram 4 JSON caption (minified JSON as the model was "
                                         "trained on) or plain text. It is encoded exactly as written."),
+                # Last, so saved workflows keep their widget order.
+                io.Int.Input("official_width", default=0, min=0, max=OFFICIAL_SIZE_MAX, step=PIXELS_PER_TOKEN,
+                             optional=True, tooltip=OFFICIAL_SIZE_TOOLTIP),
+                io.Int.Input("official_height", default=0, min=0, max=OFFICIAL_SIZE_MAX, step=PIXELS_PER_TOKEN,
+                             optional=True, tooltip=OFFICIAL_SIZE_TOOLTIP),
             ],
             outputs=[io.Conditioning.Output(tooltip="Text features (1, tokens, 53248) for the Ideogram 4 Sampler "
                                                     "or Guider.")],
         )
 
     @classmethod
-    def execute(cls, text_encoder: Ideogram4TextEncoder, prompt: str) -> io.NodeOutput:
+    def execute(cls, text_encoder: Ideogram4TextEncoder, prompt: str, official_width: int = 0,
+                official_height: int = 0) -> io.NodeOutput:
+        image_slots = official_image_slots(official_width, official_height)
         report = caption_report_text(prompt)
         if report is not None:
             logging.warning("Ideogram 4 Text Encode: %s", report)
-        features = text_encoder.encode(prompt)
+        features = text_encoder.encode(prompt, image_slots=image_slots)
         # Always send a text, so the node's report (web/js) is replaced on every run, not left stale.
         return io.NodeOutput([[features, {}]], ui=ui.PreviewText(report or CAPTION_OK_TEXT))

@@ -46,7 +46,8 @@ SCHEMAS = {
     ),
     "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
     "Ideogram4RefTextEncode": (
-        [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("prompt", "STRING", True)],
+        [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("prompt", "STRING", True),
+         ("official_width", "INT", True), ("official_height", "INT", True)],
         [("CONDITIONING", "CONDITIONING")],
     ),
     "Ideogram4RefSampler": (
@@ -80,7 +81,8 @@ SCHEMAS = {
     "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
-OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"}}
+OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
+                   "Ideogram4RefTextEncode": {"official_width", "official_height"}}
 NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
 # The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
 CAPTION = {
@@ -174,7 +176,8 @@ def _loaders(graph, y=120):
                     models=[DIT_FILE, UNCOND_DIT_FILE])
     te = graph.add("Ideogram4RefTextEncoderLoader", (40, y + 180), (380, 60), [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
     vae = graph.add("Ideogram4RefVAELoader", (40, y + 290), (380, 60), [VAE_FILE], models=[VAE_FILE])
-    encode = graph.add("Ideogram4RefTextEncode", (460, y + 180), (420, 200), [PROMPT])
+    # Official size 0 x 0: the text encoded alone (same maths as the official pipeline, faster).
+    encode = graph.add("Ideogram4RefTextEncode", (460, y + 180), (420, 250), [PROMPT, 0, 0])
     graph.link(te, "IDEOGRAM4_TEXT_ENCODER", encode, "text_encoder")
     return dit, encode, vae
 

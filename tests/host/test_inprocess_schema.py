@@ -21,7 +21,8 @@ CONTRACT = {
                               ["cond_model_name", "uncond_model_name", "weight_dtype"], ["MODEL", "MODEL"]),
     "Ideogram4RefTextEncoderLoader": ("Ideogram 4 Text Encoder Loader (reference)", ["text_encoder_name"],
                                       ["IDEOGRAM4_TEXT_ENCODER"]),
-    "Ideogram4RefTextEncode": ("Ideogram 4 Text Encode (reference)", ["text_encoder", "prompt"], ["CONDITIONING"]),
+    "Ideogram4RefTextEncode": ("Ideogram 4 Text Encode (reference)",
+                               ["text_encoder", "prompt", "official_width", "official_height"], ["CONDITIONING"]),
     "Ideogram4RefSampler": ("Ideogram 4 Sampler (reference)",
                             ["cond_model", "uncond_model", "conditioning", "preset", "steps", "mu", "std",
                              "guidance_schedule", "seed", "width", "height", "batch_size", "latent", "denoise"],
@@ -84,8 +85,11 @@ def test_widget_defaults_and_choices(registered):
     assert sampler["latent"].optional and sampler["denoise"].optional and sampler["denoise"].default == 1.0
     loader = {entry.id: entry for entry in registered["Ideogram4RefDiTLoader"].GET_SCHEMA().inputs}
     assert loader["weight_dtype"].options == ["default", "bf16", "fp8"] and loader["weight_dtype"].default == "default"
-    prompt = {entry.id: entry for entry in registered["Ideogram4RefTextEncode"].GET_SCHEMA().inputs}["prompt"]
-    assert prompt.multiline
+    encode = {entry.id: entry for entry in registered["Ideogram4RefTextEncode"].GET_SCHEMA().inputs}
+    assert encode["prompt"].multiline
+    for name in ("official_width", "official_height"):
+        assert encode[name].optional and encode[name].default == 0
+        assert (encode[name].min, encode[name].max, encode[name].step) == (0, 16384, 16)
 
 
 def test_text_encode_shows_caption_problems_on_the_node(host, tmp_path_factory):
@@ -106,3 +110,42 @@ def test_text_encode_shows_caption_problems_on_the_node(host, tmp_path_factory):
             '{"background":"a red wall","elements":[]}}')
     clean = nodes.text_encoder_nodes.TextEncode.execute(text_encoder=encoder, prompt=good)
     assert list(clean.ui.as_dict()["text"]) == ["Caption check: no problems."]
+
+
+def test_text_encode_official_size_equals_core_encode_with_image_slots(host, tmp_path_factory):
+    """Text Encode with an official size gives the core encoder's features with that image's slots; one size
+    0 encodes the text alone; a size that is not a multiple of 16 is a readable error naming the input."""
+    import torch
+
+    from ideogram4.text_encoder import image_slot_count
+    from ideogram4.text_encoder_checkpoint import load_text_encoder
+
+    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
+    comfy_inprocess.register_models(models_dir)
+    nodes = host.nodes
+    (encoder,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncoderLoader,
+                                          text_encoder_name=tiny.TEXT_ENCODER_FILE)
+    prompt = "a cat holding a sign that says hello"
+    node_dtype = next(encoder.loaded.encoder.parameters()).dtype
+    core = load_text_encoder(models_dir / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=node_dtype)
+    slots = image_slot_count(96, 64)
+    expected, _ = core.encode([prompt], image_slots=slots)
+    text_alone, _ = core.encode([prompt])
+
+    # On the CPU the trailing slots leave the features bit-unchanged, so also record what reaches the encoder.
+    seen_slots = []
+    hook = encoder.loaded.encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_slots.append(kwargs.get("image_slots")), with_kwargs=True)
+    try:
+        (conditioning,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
+                                                   prompt=prompt, official_width=96, official_height=64)
+        assert torch.equal(conditioning[0][0], expected)
+        (conditioning,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
+                                                   prompt=prompt, official_width=96, official_height=0)
+        assert torch.equal(conditioning[0][0], text_alone)
+    finally:
+        hook.remove()
+    assert seen_slots == [24, 0]
+    with pytest.raises(ValueError, match="official_height is 60.*multiple of 16"):
+        comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder, prompt=prompt,
+                                 official_width=96, official_height=60)

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from ideogram4.constants import QWEN3_VL_ACTIVATION_LAYERS
-from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts
+from ideogram4.text_encoder import (
+    Qwen3VLTextConfig,
+    Qwen3VLTextEncoder,
+    encode_prompts,
+    image_slot_count,
+    official_sequence,
+)
 from ideogram4.tokens import PAD_TOKEN_ID, load_tokenizer, tokenize_prompt, tokenize_prompts
 
 transformers = pytest.importorskip("transformers")
@@ -246,3 +252,131 @@ def test_bfloat16_compute_matches_transformers_bfloat16(tokenizer):
     longest = max(lengths)
     for row, length in enumerate(lengths):
         torch.testing.assert_close(features[row, longest - length:], expected[row, longest - length:], rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official sequence mode: the text encoded together with the image's token slots
+# ----------------------------------------------------------------------------------------------------------------
+
+OFFICIAL_WIDTH, OFFICIAL_HEIGHT = 96, 64  # 6 x 4 = 24 image slots
+
+
+def official_layout_by_hand(token_lists, image_slots):
+    """The official packed sequence of Qwen3-VL inputs, built from the official layout: per row
+    ``[left pad][text][image_slots slots]``, every pad and slot token id 0 and position 0, text positions
+    0..n-1, attention mask 1 on the real text only. Returns ids, mask, positions, each (B, L + image_slots)."""
+    longest = max(len(ids) for ids in token_lists)
+    total = longest + image_slots
+    ids = torch.zeros((len(token_lists), total), dtype=torch.long)
+    mask = torch.zeros((len(token_lists), total), dtype=torch.long)
+    positions = torch.zeros((len(token_lists), total), dtype=torch.long)
+    for row, row_ids in enumerate(token_lists):
+        start = longest - len(row_ids)
+        ids[row, start:longest] = torch.tensor(row_ids)
+        mask[row, start:longest] = 1
+        positions[row, start:longest] = torch.arange(len(row_ids))
+    return ids, mask, positions
+
+
+def official_packed_oracle(model, token_lists, image_slots):
+    """transformers' Qwen3-VL on :func:`official_layout_by_hand`'s sequence. Returns the interleaved features
+    of the text region, (B, L, hidden*13) with L the longest prompt (slots dropped; pad rows as transformers
+    made them)."""
+    longest = max(len(ids) for ids in token_lists)
+    ids, mask, positions = official_layout_by_hand(token_lists, image_slots)
+    language_model = model.model.language_model
+    captured = {}
+    handles = [
+        language_model.layers[index].register_forward_hook(
+            lambda module, args, output, index=index: captured.__setitem__(index, output)
+        )
+        for index in QWEN3_VL_ACTIVATION_LAYERS
+    ]
+    try:
+        with torch.no_grad():
+            language_model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return interleave([captured[index][:, :longest] for index in QWEN3_VL_ACTIVATION_LAYERS])
+
+
+@pytest.fixture(scope="module")
+def bf16_model_and_encoder():
+    """The tiny model with bf16 parameters (RoPE's inv_freq left float32, as the official loader leaves it)."""
+    model = tiny_qwen3_vl()
+    for parameter in model.parameters():
+        parameter.data = parameter.data.to(torch.bfloat16)
+    return model, pack_encoder_from(model, dtype=torch.bfloat16)
+
+
+def test_official_sequence_matches_the_official_layout(tokenizer):
+    """Token ids, positions and mask of pads and slots exactly as the official packing writes them. (Text rows
+    never attend to the trailing slots, and on this CPU the longer key row leaves their bf16 bits unchanged, so
+    the parity test below cannot see a wrong id, position or mask in a slot; this pins them.)"""
+    token_lists = [tokenize_prompt(tokenizer, PROMPTS["json"]), tokenize_prompt(tokenizer, PROMPTS["short"])]
+    batch = tokenize_prompts(tokenizer, [PROMPTS["json"], PROMPTS["short"]])
+    expected_ids, expected_mask, expected_positions = official_layout_by_hand(token_lists, 24)
+
+    ids, mask, positions = official_sequence(batch.input_ids, batch.attention_mask, 24)
+
+    assert torch.equal(ids, expected_ids)
+    assert torch.equal(mask, expected_mask.bool())
+    assert torch.equal(positions, expected_positions)
+    # A single unpadded prompt (no mask given): the slots still come masked, at position 0.
+    ids, mask, positions = official_sequence(batch.input_ids[:1], None, 24)
+    expected_ids, expected_mask, expected_positions = official_layout_by_hand(token_lists[:1], 24)
+    assert torch.equal(ids, expected_ids) and torch.equal(mask, expected_mask.bool())
+    assert torch.equal(positions, expected_positions)
+
+
+def test_image_slot_count_is_the_image_token_grid():
+    assert image_slot_count(OFFICIAL_WIDTH, OFFICIAL_HEIGHT) == 24
+    assert image_slot_count(1024, 768) == 64 * 48
+    assert image_slot_count(0, 1024) == 0
+    with pytest.raises(ValueError, match="width=1000"):
+        image_slot_count(1000, 1024)
+
+
+@pytest.mark.parametrize("prompt_names", [("plain",), ("json", "short")], ids=["single", "padded_batch"])
+def test_bfloat16_official_sequence_is_bit_identical_to_transformers_on_the_packed_sequence(
+    bf16_model_and_encoder, tokenizer, prompt_names
+):
+    """The official pipeline encodes the text together with the image's token slots (``[pad][text][slots]``,
+    only the text attended to). The masked keys do not change the maths, but in bf16 they change the last bits
+    of the text features, so bit parity with the official features needs the same packed sequence:
+    ``image_slots`` rebuilds it. The oracle is transformers' Qwen3-VL run on that sequence built by hand.
+    (The slots trail the text, so causality alone hides them from every text row; their only effect is the
+    longer, masked key row the attention kernel reduces over. On this CPU's SDPA kernel that leaves the bf16
+    text rows bit-unchanged, on GPU kernels it does not. Here the test pins the text rows returned (slots sliced
+    off, pads zeroed); the layout test above pins the slots' ids, positions and mask.)"""
+    model, encoder = bf16_model_and_encoder
+    prompts = [PROMPTS[name] for name in prompt_names]
+    token_lists = [tokenize_prompt(tokenizer, prompt) for prompt in prompts]
+    slots = image_slot_count(OFFICIAL_WIDTH, OFFICIAL_HEIGHT)
+    expected = official_packed_oracle(model, token_lists, slots)
+
+    features, lengths = encode_prompts(encoder, tokenizer, prompts, image_slots=slots)
+
+    longest = max(lengths)
+    assert features.shape == (len(prompts), longest, 32 * 13)
+    for row, length in enumerate(lengths):
+        assert torch.equal(features[row, longest - length:], expected[row, longest - length:])
+        assert torch.count_nonzero(features[row, : longest - length]) == 0
+    assert expected.abs().max() > 0.1
+
+
+def test_bfloat16_without_image_slots_is_bit_identical_to_transformers_on_the_text_alone(
+    bf16_model_and_encoder, tokenizer
+):
+    """image_slots=0 (the default) still encodes the text alone, bit for bit as transformers does."""
+    model, encoder = bf16_model_and_encoder
+    prompts = [PROMPTS["json"], PROMPTS["short"]]
+    batch = tokenize_prompts(tokenizer, prompts)
+    expected = interleave(transformers_taps(model, batch.input_ids, batch.attention_mask.long()))
+
+    features, lengths = encode_prompts(encoder, tokenizer, prompts, image_slots=0)
+
+    longest = max(lengths)
+    for row, length in enumerate(lengths):
+        assert torch.equal(features[row, longest - length:], expected[row, longest - length:])
