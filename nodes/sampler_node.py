@@ -31,6 +31,7 @@ from .settings import (
     denoise_input,
     guidance_input,
     height_input,
+    model_pair_inputs,
     mu_input,
     preset_input,
     resolve_settings,
@@ -127,9 +128,7 @@ class Sampler(io.ComfyNode):
             description="The official Ideogram 4 sampler: logit-normal schedule, Euler steps, asymmetric CFG with a "
                         "per-step guidance list, official noise. Outputs a LATENT for Ideogram 4 VAE Decode.",
             inputs=[
-                io.Model.Input("cond_model", tooltip="The conditional transformer (from Ideogram 4 DiT Loader)."),
-                io.Model.Input("uncond_model", tooltip="The unconditional transformer (from Ideogram 4 DiT Loader)."),
-                io.Conditioning.Input("conditioning", tooltip="The prompt's text features (Ideogram 4 Text Encode)."),
+                *model_pair_inputs(),
                 preset_input(),
                 steps_input(),
                 mu_input(),

@@ -32,6 +32,7 @@ from .settings import (
     denoise_input,
     guidance_input,
     height_input,
+    model_pair_inputs,
     mu_input,
     preset_input,
     resolve_guidance,
@@ -173,9 +174,7 @@ class Guider(io.ComfyNode):
             description="Asymmetric CFG with the per-step guidance list: conditional model on text + image, "
                         "unconditional model on image tokens only. For SamplerCustomAdvanced.",
             inputs=[
-                io.Model.Input("cond_model", tooltip="The conditional transformer (from Ideogram 4 DiT Loader)."),
-                io.Model.Input("uncond_model", tooltip="The unconditional transformer (from Ideogram 4 DiT Loader)."),
-                io.Conditioning.Input("conditioning", tooltip="The prompt's text features (Ideogram 4 Text Encode)."),
+                *model_pair_inputs(),
                 preset_input(),
                 steps_input(),
                 guidance_input(),

@@ -79,6 +79,15 @@ def check_size(width: int, height: int) -> tuple[int, int]:
 
 # --- input definitions (one place, so every node shows the same defaults and tooltips) ------------------------
 
+def model_pair_inputs() -> list:
+    """The two transformers and the prompt's features: the first inputs of the Sampler and the Guider."""
+    return [
+        io.Model.Input("cond_model", tooltip="The conditional transformer (from Ideogram 4 DiT Loader)."),
+        io.Model.Input("uncond_model", tooltip="The unconditional transformer (from Ideogram 4 DiT Loader)."),
+        io.Conditioning.Input("conditioning", tooltip="The prompt's text features (Ideogram 4 Text Encode)."),
+    ]
+
+
 def preset_input() -> io.Combo.Input:
     return io.Combo.Input(
         "preset", options=PRESET_NAMES, default=DEFAULT_PRESET,

@@ -24,6 +24,7 @@ the real ones:
 
 Tensors are drawn from one seeded generator, so the same seed writes byte-identical files. The dimensions are
 tiny (TINY_*_CONFIG below); the DiT's text-feature width is the encoder's hidden size x 13 taps.
+The pieces (module_shapes, random_tensors, the fp8 storages) also build tests/host/tiny_host_models.py's files.
 """
 
 import argparse
@@ -69,9 +70,16 @@ TINY_VAE_CONFIG = VAEConfig(
 COMFY_QUANT_FP8 = {"format": "float8_e4m3fn"}
 
 
-def _random_like_shapes(shapes: dict[str, tuple[int, ...]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+def module_shapes(module_class, config) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of ``module_class(config)``'s state dict (built on the meta device: no memory, no init)."""
+    return {k: tuple(v.shape) for k, v in module_class(config, device="meta").state_dict().items()}
+
+
+def random_tensors(shapes: dict[str, tuple[int, ...]], generator: torch.Generator,
+                   embedding_std: float | None = 0.5) -> dict[str, torch.Tensor]:
     """Float32 weights that keep activations O(1): Linear/conv N(0, 1/fan_in), norms 1 + N(0, 0.1^2),
-    biases N(0, 0.1^2), embeddings N(0, 0.5^2). Drawn in sorted key order, so the result depends only on the seed."""
+    biases N(0, 0.1^2), keys naming an ``embed`` N(0, embedding_std^2) (None: scaled like any other matrix).
+    Drawn in sorted key order, so the result depends only on the generator's seed."""
     tensors = {}
     for name in sorted(shapes):
         shape = shapes[name]
@@ -80,8 +88,8 @@ def _random_like_shapes(shapes: dict[str, tuple[int, ...]], generator: torch.Gen
             value = 1.0 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
         elif name.endswith(".bias"):
             value = 0.1 * noise
-        elif "embed" in name:
-            value = 0.5 * noise
+        elif embedding_std is not None and "embed" in name:
+            value = embedding_std * noise
         elif len(shape) >= 2:
             fan_in = 1
             for size in shape[1:]:
@@ -93,47 +101,64 @@ def _random_like_shapes(shapes: dict[str, tuple[int, ...]], generator: torch.Gen
     return tensors
 
 
-def _quantize_fp8_per_tensor(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_per_tensor(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ComfyUI-style per-tensor fp8: (float8_e4m3fn weight, float32 scalar scale) with weight ~ fp8 * scale."""
     scale = (weight.abs().amax().float() / FP8_E4M3_MAX).clamp(min=1e-12)
     return (weight.float() / scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale.reshape(())
 
 
-def _comfy_quant_tensor(config: dict) -> torch.Tensor:
+def comfy_quant_tensor(config: dict) -> torch.Tensor:
+    """The ``.comfy_quant`` tensor ComfyUI reads a layer's quantisation from: the UTF-8 bytes of ``config``'s JSON."""
     return torch.tensor(list(json.dumps(config).encode("utf-8")), dtype=torch.uint8)
 
 
-def _store(tensors: dict[str, torch.Tensor], quantize, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Apply the file's storage: ``quantize(name)`` picks the Linear weights stored as comfy_quant fp8."""
+def store_comfy_quant_fp8(tensors: dict[str, torch.Tensor], quantize, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The Comfy-Org storage: ``quantize(name)`` picks the Linear weights stored as comfy_quant per-tensor fp8
+    (+ ``weight_scale``, ``comfy_quant``); everything else bf16. Keys get ``prefix``."""
     stored = {}
     for name, value in tensors.items():
         key = prefix + name
         if quantize(name):
             layer = key[: -len(".weight")]
-            stored[key], stored[layer + ".weight_scale"] = _quantize_fp8_per_tensor(value)
-            stored[layer + ".comfy_quant"] = _comfy_quant_tensor(COMFY_QUANT_FP8)
+            stored[key], stored[layer + ".weight_scale"] = quantize_fp8_per_tensor(value)
+            stored[layer + ".comfy_quant"] = comfy_quant_tensor(COMFY_QUANT_FP8)
         else:
             stored[key] = value.to(torch.bfloat16)
     return stored
 
 
-def _is_block_linear_weight(name: str, shapes: dict) -> bool:
-    return name.startswith("layers.") and name.endswith(".weight") and len(shapes[name]) == 2
+def store_official_fp8_rowwise(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official fp8 layout: every block Linear weight float8_e4m3fn + a per-row float32 ``weight_scale``;
+    everything else unchanged."""
+    stored = {}
+    for key, value in tensors.items():
+        if is_block_linear_weight(key, value.shape):
+            scale = value.abs().amax(dim=1) / FP8_E4M3_MAX
+            stored[key] = (value / scale[:, None]).to(torch.float8_e4m3fn)
+            stored[key[: -len(".weight")] + ".weight_scale"] = scale
+        else:
+            stored[key] = value
+    return stored
+
+
+def is_block_linear_weight(name: str, shape) -> bool:
+    """A Linear weight inside a transformer block: the tensors the published fp8 files quantise."""
+    return name.startswith("layers.") and name.endswith(".weight") and len(shape) == 2
 
 
 def dit_state_dict(seed: int, fp8: bool = True, config: DiTConfig = TINY_DIT_CONFIG) -> dict[str, torch.Tensor]:
     """The tensors of a Comfy-Org-style DiT file (see the module docstring)."""
-    shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(config, device="meta").state_dict().items()}
-    tensors = _random_like_shapes(shapes, torch.Generator().manual_seed(seed))
-    return _store(tensors, lambda name: fp8 and _is_block_linear_weight(name, shapes))
+    shapes = module_shapes(Ideogram4DiT, config)
+    tensors = random_tensors(shapes, torch.Generator().manual_seed(seed))
+    return store_comfy_quant_fp8(tensors, lambda name: fp8 and is_block_linear_weight(name, shapes[name]))
 
 
 def text_encoder_state_dict(seed: int, config: Qwen3VLTextConfig = TINY_TEXT_ENCODER_CONFIG) -> dict[str, torch.Tensor]:
     """The tensors of a Comfy-Org-style Qwen3-VL file: fp8 decoder Linear weights, a stand-in vision tower."""
-    shapes = {k: tuple(v.shape) for k, v in Qwen3VLTextEncoder(config, device="meta").state_dict().items()}
+    shapes = module_shapes(Qwen3VLTextEncoder, config)
     generator = torch.Generator().manual_seed(seed)
-    stored = _store(_random_like_shapes(shapes, generator),
-                    lambda name: _is_block_linear_weight(name, shapes), prefix="model.language_model.")
+    stored = store_comfy_quant_fp8(random_tensors(shapes, generator),
+                                   lambda name: is_block_linear_weight(name, shapes[name]), prefix="model.language_model.")
     # The real file also holds the final norm and the vision tower (the keys ComfyUI recognises Qwen3-VL by);
     # the pack never reads them, which a stand-in with the same key families checks.
     hidden = config.hidden_size
@@ -148,9 +173,8 @@ def text_encoder_state_dict(seed: int, config: Qwen3VLTextConfig = TINY_TEXT_ENC
 
 def vae_state_dict(seed: int, config: VAEConfig = TINY_VAE_CONFIG) -> dict[str, torch.Tensor]:
     """The tensors of a ComfyUI FLUX.2 VAE file (float32), with the ``bn`` statistics of the real file."""
-    shapes = {k: tuple(v.shape) for k, v in Flux2AutoEncoder(config, device="meta").state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
-    tensors = _random_like_shapes(shapes, generator)
+    tensors = random_tensors(module_shapes(Flux2AutoEncoder, config), generator)
     bn_channels = 4 * config.latent_channels  # the 2x2-patchified latent the BatchNorm normalises
     tensors["bn.running_mean"] = 0.1 * torch.randn(bn_channels, generator=generator)
     tensors["bn.running_var"] = 1.0 + 0.5 * torch.rand(bn_channels, generator=generator)

@@ -18,35 +18,19 @@ comfy_inprocess.skip_module_unless_in_host()
 import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only worth it in the host)
 
 
-@pytest.fixture(scope="module")
-def host():
-    return comfy_inprocess.host()
-
-
-@pytest.fixture(scope="module")
-def models(host, tmp_path_factory):
-    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
-    # Files in the wrong folder, and a file that is not safetensors at all.
+def add_misplaced_and_broken_files(models_dir):
+    """Files in the wrong folder, a file that is not safetensors at all, and a DiT with another layer count."""
     shutil.copy(models_dir / "vae" / tiny.VAE_FILE, models_dir / "diffusion_models" / "actually_a_vae.safetensors")
     shutil.copy(models_dir / "diffusion_models" / tiny.COND_FILE, models_dir / "text_encoders" / "actually_a_dit.safetensors")
     shutil.copy(models_dir / "text_encoders" / tiny.TEXT_ENCODER_FILE, models_dir / "vae" / "actually_a_te.safetensors")
     (models_dir / "diffusion_models" / "broken.safetensors").write_bytes(b"<html>404 not found</html>")
     three_layers = dataclasses.replace(tiny.DIT_CONFIG, num_layers=3)
     save_file(tiny.dit_state_dict(seed=3, config=three_layers), str(models_dir / "diffusion_models" / "other_dit.safetensors"))
-    comfy_inprocess.register_models(models_dir)
-    return models_dir
 
 
 @pytest.fixture(scope="module")
-def pack_models(host, models):
-    nodes = host.nodes
-    cond, uncond = comfy_inprocess.run_node(nodes.dit_loader.DiTLoader, cond_model_name=tiny.COND_FILE,
-                                            uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
-    (encoder,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncoderLoader,
-                                          text_encoder_name=tiny.TEXT_ENCODER_FILE)
-    (conditioning,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
-                                               prompt="a red wall")
-    return cond, uncond, conditioning
+def add_model_files():
+    return add_misplaced_and_broken_files
 
 
 def sampler_inputs(pack_models, **overrides):

@@ -23,18 +23,6 @@ GRID_H, GRID_W = 3, 4
 TIME = 0.3
 
 
-@pytest.fixture(scope="module")
-def host():
-    return comfy_inprocess.host()
-
-
-@pytest.fixture(scope="module")
-def models(host, tmp_path_factory):
-    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
-    comfy_inprocess.register_models(models_dir)
-    return models_dir
-
-
 def load_pair(host, cond_file, uncond_file, weight_dtype):
     return comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=cond_file,
                                     uncond_model_name=uncond_file, weight_dtype=weight_dtype)

@@ -25,28 +25,8 @@ STEPS, MU, STD, GUIDANCE = 4, 0.0, 1.75, "7x3,3"
 
 
 @pytest.fixture(scope="module")
-def host():
-    return comfy_inprocess.host()
-
-
-@pytest.fixture(scope="module")
-def models(host, tmp_path_factory):
-    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
-    comfy_inprocess.register_models(models_dir)
-    return models_dir
-
-
-@pytest.fixture(scope="module")
-def pack_models(host, models):
-    """(cond patcher, uncond patcher, CONDITIONING) loaded through the pack's loaders and Text Encode node."""
-    nodes = host.nodes
-    cond, uncond = comfy_inprocess.run_node(nodes.dit_loader.DiTLoader, cond_model_name=tiny.COND_FILE,
-                                            uncond_model_name=tiny.UNCOND_FILE, weight_dtype="default")
-    (encoder,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncoderLoader,
-                                          text_encoder_name=tiny.TEXT_ENCODER_FILE)
-    (conditioning,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
-                                               prompt=PROMPT)
-    return cond, uncond, conditioning
+def prompt():
+    return PROMPT
 
 
 @pytest.fixture(scope="module")

@@ -23,18 +23,6 @@ GRID_H, GRID_W = 3, 4
 
 
 @pytest.fixture(scope="module")
-def host():
-    return comfy_inprocess.host()
-
-
-@pytest.fixture(scope="module")
-def models(host, tmp_path_factory):
-    models_dir = tiny.write_models(tmp_path_factory.mktemp("models"))
-    comfy_inprocess.register_models(models_dir)
-    return models_dir
-
-
-@pytest.fixture(scope="module")
 def pack_vae(host, models):
     (vae,) = comfy_inprocess.run_node(host.nodes.vae_nodes.VAELoader, vae_name=tiny.VAE_FILE)
     return vae

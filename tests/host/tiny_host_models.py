@@ -4,6 +4,9 @@ Shapes are tiny but every structure is real: a 36-layer Qwen3-VL language model 
 vocabulary size (the real tokenizer's ids), a 2-layer DiT whose text width equals the encoder's 13 taps, and a
 FLUX.2-style VAE with 32 latent channels and 8x downscale. Weights come from the ideogram4 modules' own state
 dicts, so the key names are the ones the loaders read from the published files.
+
+The pieces (shapes, random weights, fp8 storage) are tools/make_tiny_weights.py's; this module adds the variants
+the in-process tests compare: float32 files and the official fp8 row-wise layout, under names of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from ideogram4.dit import Ideogram4DiT
 from ideogram4.dit_config import DiTConfig
 from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder
 from ideogram4.vae import Flux2AutoEncoder, VAEConfig
+from tools.make_tiny_weights import module_shapes, random_tensors, store_official_fp8_rowwise
 
 TEXT_CONFIG = Qwen3VLTextConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=36, num_attention_heads=2,
                                 num_key_value_heads=1, head_dim=8)
@@ -34,52 +38,26 @@ TEXT_ENCODER_FILE = "qwen3vl_tiny.safetensors"
 VAE_FILE = "flux2_vae_tiny.safetensors"
 
 
-def _random_like(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
-    """N(0, 1/fan_in) matrices, norm weights near 1, small biases: activations stay O(1) in every layer."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, shape in sorted(shapes.items()):
-        noise = torch.randn(shape, generator=generator)
-        if "norm" in name and name.endswith("weight"):
-            state[name] = 1.0 + 0.1 * noise
-        elif name.endswith("bias") or len(shape) == 1:
-            state[name] = 0.1 * noise
-        else:
-            fan_in = max(1, int(torch.tensor(shape[1:]).prod()))
-            state[name] = noise / fan_in**0.5
-    return state
+def _random_float32(module_class, config, seed: int) -> dict[str, torch.Tensor]:
+    # Embeddings scaled like any other matrix (embedding_std=None): these files predate the shared builder's
+    # embedding rule, and the tests' weights stay what they were.
+    return random_tensors(module_shapes(module_class, config), torch.Generator().manual_seed(seed), embedding_std=None)
 
 
 def dit_state_dict(seed: int, config: DiTConfig = DIT_CONFIG) -> dict[str, torch.Tensor]:
-    shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(config, device="meta").state_dict().items()}
-    state = _random_like(shapes, seed)
+    state = _random_float32(Ideogram4DiT, config, seed)
     state["embed_image_indicator.weight"] = state["embed_image_indicator.weight"] * 5.0  # N(0, 0.5^2)-ish
     # Velocities of O(1) like the real model (not O(10)), so latents stay O(1) through sampling.
     state["final_layer.linear.weight"] = state["final_layer.linear.weight"] * 0.1
     return state
 
 
-def fp8_rowwise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The official fp8 layout: every block Linear weight float8_e4m3fn + per-row float32 weight_scale."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith("layers.") and key.endswith(".weight") and value.ndim == 2:
-            scale = value.abs().amax(dim=1) / 448.0
-            out[key] = (value / scale[:, None]).to(torch.float8_e4m3fn)
-            out[key[: -len(".weight")] + ".weight_scale"] = scale
-        else:
-            out[key] = value
-    return out
-
-
 def text_encoder_state_dict(seed: int = 11) -> dict[str, torch.Tensor]:
-    shapes = {k: tuple(v.shape) for k, v in Qwen3VLTextEncoder(TEXT_CONFIG, device="meta").state_dict().items()}
-    return _random_like(shapes, seed)
+    return _random_float32(Qwen3VLTextEncoder, TEXT_CONFIG, seed)
 
 
 def vae_state_dict(seed: int = 21) -> dict[str, torch.Tensor]:
-    shapes = {k: tuple(v.shape) for k, v in Flux2AutoEncoder(VAE_CONFIG, device="meta").state_dict().items()}
-    return _random_like(shapes, seed)
+    return _random_float32(Flux2AutoEncoder, VAE_CONFIG, seed)
 
 
 def write_models(models_dir: pathlib.Path) -> pathlib.Path:
@@ -90,8 +68,8 @@ def write_models(models_dir: pathlib.Path) -> pathlib.Path:
     cond, uncond = dit_state_dict(seed=1), dit_state_dict(seed=2)
     save_file(cond, str(dit_dir / COND_FILE))
     save_file(uncond, str(dit_dir / UNCOND_FILE))
-    save_file(fp8_rowwise(cond), str(dit_dir / COND_FP8_FILE))
-    save_file(fp8_rowwise(uncond), str(dit_dir / UNCOND_FP8_FILE))
+    save_file(store_official_fp8_rowwise(cond), str(dit_dir / COND_FP8_FILE))
+    save_file(store_official_fp8_rowwise(uncond), str(dit_dir / UNCOND_FP8_FILE))
     # The Hugging Face Qwen3VLForConditionalGeneration prefix, as in the published text_encoder/ folders.
     te = {f"model.language_model.{k}": v for k, v in text_encoder_state_dict().items()}
     save_file(te, str(te_dir / TEXT_ENCODER_FILE))

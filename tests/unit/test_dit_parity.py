@@ -36,15 +36,6 @@ FEATURES = TINY_CONFIG.llm_features_dim
 CHANNELS = TINY_CONFIG.in_channels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny GEMMs are fastest on one thread; two threads on a shared 2-core machine spin for milliseconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def weights():
     return random_official_state_dict(TINY_CONFIG, seed=1)

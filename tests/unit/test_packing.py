@@ -109,15 +109,6 @@ def test_packing_errors_name_what_is_wrong():
         pack_conditional(torch.randn(2, 6, 8), torch.randn(1, 3, 5), None, 2, 3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny GEMMs are fastest on one thread; two threads on a shared 2-core machine spin for milliseconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model():
     return build_tiny_dit(seed=3)
