@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ideogram4.constants import LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR
-from ideogram4.dit_config import DiTConfig
-from ideogram4.ops import resolve_operations
-from ideogram4.rope import MRoPE, apply_rotary
+from .constants import LLM_TOKEN_INDICATOR, OUTPUT_IMAGE_INDICATOR
+from .dit_config import DiTConfig
+from .ops import resolve_operations
+from .rope import MRoPE, apply_rotary
 
 _TIMESTEP_INPUT_SCALE = 1e4  # the model time t in [0, 1] is embedded as the scalar 1e4 * t
 

@@ -43,15 +43,15 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from ideogram4.dit_config import DiTConfig
-from ideogram4.quantization import (
+from .dit_config import DiTConfig
+from .quantization import (
     COMFY_FP8_FORMATS,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
     rowwise_scale_from_per_tensor,
 )
-from ideogram4.safetensors_io import (
+from .safetensors_io import (
     CheckpointError,
     SafetensorsSource,
     find_config_json,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ideogram4.constants import (
+from .constants import (
     IMAGE_POSITION_OFFSET,
     LLM_TOKEN_INDICATOR,
     OUTPUT_IMAGE_INDICATOR,

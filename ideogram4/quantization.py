@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from ideogram4.safetensors_io import CheckpointError
+from .safetensors_io import CheckpointError
 
 # Largest finite float8_e4m3fn magnitude; the official quantiser maps each row's max |w| onto it.
 FP8_E4M3_MAX = 448.0

@@ -33,9 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ideogram4.constants import PIXELS_PER_TOKEN, QWEN3_VL_ACTIVATION_LAYERS
-from ideogram4.ops import resolve_operations
-from ideogram4.tokens import tokenize_prompts
+from .constants import PIXELS_PER_TOKEN, QWEN3_VL_ACTIVATION_LAYERS
+from .ops import resolve_operations
+from .tokens import tokenize_prompts
 
 # Qwen3-VL-8B's rope_theta; transformers' Qwen3VLTextConfig defaults to another value, so it is explicit here.
 QWEN3_VL_ROPE_THETA = 5_000_000.0

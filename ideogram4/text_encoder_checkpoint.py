@@ -31,22 +31,22 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ideogram4.quantization import (
+from .quantization import (
     COMFY_FP8_FORMATS,
     FP8_DTYPES,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
 )
-from ideogram4.safetensors_io import (
+from .safetensors_io import (
     SAFETENSORS_DTYPES,
     CheckpointError,
     find_config_json,
     iter_tensors,
     open_source,
 )
-from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts, num_layers_to_build
-from ideogram4.tokens import find_tokenizer_dir, load_tokenizer
+from .text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts, num_layers_to_build
+from .tokens import find_tokenizer_dir, load_tokenizer
 
 # The key that identifies a Qwen3 decoder (per-head q norm) and, by what precedes it, the language model prefix.
 _Q_NORM_SUFFIX = "layers.0.self_attn.q_norm.weight"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ideogram4.safetensors_io import CheckpointError
+from .safetensors_io import CheckpointError
 
 CHAT_TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
 MAX_TEXT_TOKENS = 2048  # official limit, template tokens included; longer prompts are an error, not truncated

@@ -31,14 +31,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ideogram4.latent import (
+from .latent import (
     PATCH_SIZE,
     denormalize_latent,
     normalize_latent,
     patchify,
     unpatchify,
 )
-from ideogram4.ops import resolve_operations
+from .ops import resolve_operations
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ import re
 
 import torch
 
-from ideogram4.safetensors_io import CheckpointError, read_safetensors, read_safetensors_header
-from ideogram4.vae import Flux2AutoEncoder, VAEConfig
+from .safetensors_io import CheckpointError, read_safetensors, read_safetensors_header
+from .vae import Flux2AutoEncoder, VAEConfig
 
 FLUX2_LATENT_CHANNELS = 32
 _WRAPPER_PREFIXES = ("vae.", "first_stage_model.")

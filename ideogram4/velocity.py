@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ideogram4.packing import PackedSequence, pack_conditional, pack_unconditional
+from .packing import PackedSequence, pack_conditional, pack_unconditional
 
 _FP8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                                                     "float8_e5m2fnuz") if hasattr(torch, name))

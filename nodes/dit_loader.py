@@ -18,7 +18,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
+from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
 
 from . import compat
 from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, quantize_rowwise

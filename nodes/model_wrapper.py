@@ -27,11 +27,11 @@ import comfy.model_sampling
 import comfy.supported_models_base
 import torch
 
-from ideogram4.dit import Ideogram4DiT
-from ideogram4.dit_config import DiTConfig
-from ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
-from ideogram4.schedule import T_MIN
-from ideogram4.velocity import conditional_velocity, unconditional_velocity
+from ..ideogram4.dit import Ideogram4DiT
+from ..ideogram4.dit_config import DiTConfig
+from ..ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
+from ..ideogram4.schedule import T_MIN
+from ..ideogram4.velocity import conditional_velocity, unconditional_velocity
 
 from . import compat
 

@@ -6,8 +6,8 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ideogram4.latent import TOKEN_CHANNELS, tokens_to_comfy_latent
-from ideogram4.sampler import make_noise
+from ..ideogram4.latent import TOKEN_CHANNELS, tokens_to_comfy_latent
+from ..ideogram4.sampler import make_noise
 
 from .settings import CATEGORY, batch_size_input, check_size, height_input, seed_input, width_input
 

@@ -12,7 +12,7 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ideogram4.latent import tokens_to_comfy_latent
+from ..ideogram4.latent import tokens_to_comfy_latent
 
 
 class StepReporter:

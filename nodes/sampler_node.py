@@ -15,11 +15,11 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
-from ideogram4.constants import PIXELS_PER_TOKEN
-from ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
-from ideogram4.sampler import img2img_start, make_noise, sample
-from ideogram4.schedule import logit_normal_schedule
-from ideogram4.velocity import conditional_velocity, unconditional_velocity
+from ..ideogram4.constants import PIXELS_PER_TOKEN
+from ..ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
+from ..ideogram4.sampler import img2img_start, make_noise, sample
+from ..ideogram4.schedule import logit_normal_schedule
+from ..ideogram4.velocity import conditional_velocity, unconditional_velocity
 
 from . import compat
 from .progress import StepReporter

@@ -22,8 +22,8 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ideogram4.sampler import img2img_start
-from ideogram4.schedule import logit_normal_schedule
+from ..ideogram4.sampler import img2img_start
+from ..ideogram4.schedule import logit_normal_schedule
 
 from .model_wrapper import EXACT_TIME_KEY
 from .settings import (

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ideogram4.constants import PIXELS_PER_TOKEN
-from ideogram4.guidance import parse_guidance_schedule
-from ideogram4.presets import V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset
+from ..ideogram4.constants import PIXELS_PER_TOKEN
+from ..ideogram4.guidance import parse_guidance_schedule
+from ..ideogram4.presets import V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset
 
 CATEGORY = "Ideogram 4"
 CUSTOM = "Custom"

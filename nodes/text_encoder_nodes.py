@@ -20,10 +20,10 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ideogram4.caption import validate_caption
-from ideogram4.constants import PIXELS_PER_TOKEN
-from ideogram4.text_encoder import image_slot_count
-from ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
+from ..ideogram4.caption import validate_caption
+from ..ideogram4.constants import PIXELS_PER_TOKEN
+from ..ideogram4.text_encoder import image_slot_count
+from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
 from .settings import CATEGORY
 

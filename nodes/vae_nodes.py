@@ -16,16 +16,16 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ideogram4.constants import PIXELS_PER_TOKEN
-from ideogram4.latent import comfy_latent_to_tokens, decoded_to_image, image_to_model_input, tokens_to_comfy_latent
-from ideogram4.vae import (
+from ..ideogram4.constants import PIXELS_PER_TOKEN
+from ..ideogram4.latent import comfy_latent_to_tokens, decoded_to_image, image_to_model_input, tokens_to_comfy_latent
+from ..ideogram4.vae import (
     DEFAULT_TILE_OVERLAP,
     DEFAULT_TILE_SIZE,
     Flux2AutoEncoder,
     decode_latent_tokens,
     encode_image_to_tokens,
 )
-from ideogram4.vae_checkpoint import load_vae
+from ..ideogram4.vae_checkpoint import load_vae
 
 from .settings import CATEGORY
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import pathlib
+import pkgutil
 import subprocess
 import sys
 import types
@@ -59,6 +60,19 @@ def running_under_host_python(python: pathlib.Path | None) -> bool:
     return _prefix_of(str(python)) == pathlib.Path(sys.prefix).resolve()
 
 
+def _share_core_modules_with_pack(pack_name: str) -> None:
+    """Make the pack's relative imports of its core (``from ..ideogram4.x import``) resolve to the modules the
+    tests import as top-level ``ideogram4``, so both sides share one set of classes (errors, configs). The server
+    tests cover the pack loading its own copy exactly as ComfyUI does."""
+    import ideogram4
+
+    for info in pkgutil.iter_modules(ideogram4.__path__):
+        importlib.import_module(f"ideogram4.{info.name}")
+    for name, module in list(sys.modules.items()):
+        if name == "ideogram4" or name.startswith("ideogram4."):
+            sys.modules[f"{pack_name}.{name}"] = module
+
+
 @functools.lru_cache(maxsize=None)
 def _import_host(host_dir: str) -> types.SimpleNamespace:
     # The host folder goes first: it has top-level modules (nodes.py, server.py, utils/) whose names this repo
@@ -74,6 +88,7 @@ def _import_host(host_dir: str) -> types.SimpleNamespace:
     args.cpu = True  # before comfy.model_management is imported: it picks the device at import time
     importlib.import_module("comfy.model_management")  # now, with args.cpu set
 
+    _share_core_modules_with_pack(PACK_MODULE_NAME)
     spec = importlib.util.spec_from_file_location(
         PACK_MODULE_NAME, PACK_ROOT / "__init__.py", submodule_search_locations=[str(PACK_ROOT)])
     pack = importlib.util.module_from_spec(spec)
