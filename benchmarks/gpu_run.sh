@@ -54,6 +54,8 @@ fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
   "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  # which comfy-kitchen backends native will use (its fused norm+RoPE kernel needs the "cuda" one)
+  "$PY" -c "import comfy_kitchen as ck; print('comfy-kitchen', ck.list_backends())" || true
   date -u +"%Y-%m-%d %H:%M UTC"
 } 2>&1 | tee "$OUT/gpu.txt"
 

@@ -24,8 +24,9 @@ Weights: ``--models-dir`` must hold the Comfy-Org file names (diffusion_models/i
 diffusion_models/ideogram4_unconditional_fp8_scaled.safetensors, text_encoders/qwen3vl_8b_fp8_scaled.safetensors,
 vae/flux2-vae.safetensors). ``--make-models full`` first writes random stand-ins of the real sizes in the real
 layout there (fp8 per-tensor ``comfy_quant`` block weights, ~28 GB, drawn on the GPU); ``--make-models tiny``
-writes the unit tests' tiny stand-ins (tools/make_tiny_weights.py), which is how this script is smoke-tested on a
-CPU (``--device cpu``: no cap, the peak is the process's resident memory).
+writes the unit tests' tiny stand-ins (tools/make_tiny_weights.py), and ``--make-models tiny-generator`` runs the
+full-size generator at those tiny sizes; that is how this script is smoke-tested on a CPU (``--device cpu``: no
+cap, the peak is the process's resident memory).
 """
 
 from __future__ import annotations
@@ -95,8 +96,12 @@ def _store_fp8_per_tensor(tensors: dict, key: str, value) -> None:
                                                    dtype=torch.uint8)
 
 
-def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0) -> None:
-    """Random stand-ins of the released sizes in the Comfy-Org layouts, drawn on ``device`` one tensor at a time."""
+def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0, configs=None) -> None:
+    """Random stand-ins of the released sizes in the Comfy-Org layouts, drawn on ``device`` one tensor at a time.
+
+    ``configs``: (DiTConfig, Qwen3VLTextConfig, VAEConfig) to write other sizes through the same code (the CPU
+    smoke test uses the unit tests' tiny ones); default the released sizes.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -131,10 +136,10 @@ def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0)
     def block_linear(name, shape):
         return name.startswith("layers.") and name.endswith(".weight") and len(shape) == 2
 
-    dit_shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(DiTConfig(), device="meta").state_dict().items()}
+    dit_config, text_config, vae_config = configs or (DiTConfig(), Qwen3VLTextConfig(), VAEConfig())
+    dit_shapes = {k: tuple(v.shape) for k, v in Ideogram4DiT(dit_config, device="meta").state_dict().items()}
     write("dit", dit_shapes, block_linear)
     write("uncond_dit", dit_shapes, block_linear)
-    text_config = Qwen3VLTextConfig()
     text_shapes = {k: tuple(v.shape) for k, v in Qwen3VLTextEncoder(text_config, device="meta").state_dict().items()}
     hidden = text_config.hidden_size
     write("text_encoder", text_shapes, block_linear, prefix="model.language_model.", extra={
@@ -142,7 +147,6 @@ def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0)
         "model.language_model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
         "model.visual.merger.linear_fc2.weight": torch.zeros((hidden, 4 * hidden), dtype=torch.bfloat16),
     })
-    vae_config = VAEConfig()
     vae_shapes = {k: tuple(v.shape) for k, v in Flux2AutoEncoder(vae_config, device="meta").state_dict().items()}
     bn = 4 * vae_config.latent_channels
     write("vae", vae_shapes, lambda name, shape: False, extra={
@@ -151,7 +155,11 @@ def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0)
 
 
 def make_models(kind: str, models_dir: pathlib.Path, device: str) -> None:
-    if kind == "tiny":
+    if kind == "tiny-generator":  # the full-size generator's code at the unit tests' tiny sizes (its smoke test)
+        from tools.make_tiny_weights import TINY_DIT_CONFIG, TINY_TEXT_ENCODER_CONFIG, TINY_VAE_CONFIG
+
+        write_full_size_models(models_dir, device, configs=(TINY_DIT_CONFIG, TINY_TEXT_ENCODER_CONFIG, TINY_VAE_CONFIG))
+    elif kind == "tiny":
         from tools.make_tiny_weights import write_tiny_weights
 
         if not all((models_dir / name).is_file() for name in _file_names().values()):
@@ -283,7 +291,9 @@ def parse_args(argv=None):
     parser.add_argument("--runs", type=int, default=2, help="images per tier; the first one loads from disk")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--models-dir", default=str(pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / "i4-models"))
-    parser.add_argument("--make-models", choices=("none", "full", "tiny"), default="none")
+    parser.add_argument("--make-models", choices=("none", "full", "tiny", "tiny-generator"), default="none",
+                        help="write random stand-ins first: full = released sizes; tiny = tools/make_tiny_weights.py; "
+                             "tiny-generator = the full-size generator at tiny sizes (its CPU smoke test)")
     parser.add_argument("--comfyui", default=str(DEFAULT_COMFYUI))
     parser.add_argument("--dynamic-vram", action="store_true", help="initialise comfy-aimdo as ComfyUI's main.py does")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per tier")

@@ -143,9 +143,9 @@ def applied(models, levers: Levers):
                     compiled_forward = _compiled(type(module).forward)
                     stack.enter_context(_patched(module, "forward", functools.partial(compiled_forward, module)))
         if levers.compiled:
-            import torch._inductor.config
+            from torch._inductor import config as inductor_config
 
-            stack.enter_context(torch._inductor.config.patch(emulate_precision_casts=not levers.has("fastcasts")))
+            stack.enter_context(inductor_config.patch(emulate_precision_casts=not levers.has("fastcasts")))
         if levers.sdpa is not None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 

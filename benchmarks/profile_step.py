@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     dtype = dit_step.DTYPES[args.dtype]
     config = dit_step.CONFIGS[args.config]
     options = dit_step.parse_args(["--implementations", args.implementations, "--pack-variants", args.pack_variants,
-                                   "--diffusers-text-padding", "2048"])
-    implementations, skipped = dit_step.build_implementations(options, config, dtype, device, print)
+                                   "--diffusers-text-padding", "2048", "--no-reference"])
+    implementations, skipped, _ = dit_step.build_implementations(options, config, dtype, device, print)
     width, height = dit_step.parse_size(args.size)
     problem = dit_step.make_problem(config, width, height, args.text_tokens, 1, device, 100)
     activity = ProfilerActivity.CUDA if device.type == "cuda" else ProfilerActivity.CPU

@@ -30,24 +30,38 @@ def _comfy_importable() -> bool:
 
 def test_step_benchmark_checks_pack_against_diffusers_and_writes_results(tmp_path, capsys):
     out = tmp_path / "results.json"
-    status = dit_step.main(TINY_ARGS + ["--implementations", "pack,diffusers", "--pack-variants", "sdpa=math",
-                                        "--json", str(out)])
+    status = dit_step.main(TINY_ARGS + ["--implementations", "pack,diffusers",
+                                        "--pack-variants", "sdpa=math,rmsnorm=manual", "--json", str(out)])
     assert status == 0
     results = json.loads(out.read_text())
 
     errors = {(row["pair"], row["branch"]): row["relative_error"] for row in results["check"]}
-    assert set(errors) == {(pair, branch) for pair in ("pack vs diffusers", "pack vs pack+sdpa=math")
+    variants = ("pack+sdpa=math", "pack+rmsnorm=manual")
+    assert set(errors) == {(pair, branch) for pair in ("pack vs diffusers", *(f"pack vs {v}" for v in variants))
                            for branch in ("cond", "uncond")}
     assert all(error <= FP32_AGREEMENT for error in errors.values()), errors
 
     timings = {(row["size"], row["implementation"]): row for row in results["timings"]}
-    assert set(timings) == {(size, impl) for size in ("32x32", "48x32")
-                            for impl in ("pack", "pack+sdpa=math", "diffusers")}
+    assert set(timings) == {(size, impl) for size in ("32x32", "48x32") for impl in ("pack", *variants, "diffusers")}
     for row in timings.values():
         assert row["seconds"] > 0 and len(row["seconds_all"]) == 1
         assert row["tflops"] == pytest.approx(row["step_flops"] / row["seconds"] / 1e12)
     table = capsys.readouterr().out
-    assert "pack+sdpa=math" in table and "48x32" in table
+    assert "pack+rmsnorm=manual" in table and "48x32" in table
+
+
+def test_bf16_check_measures_every_implementation_against_the_float32_reference(tmp_path):
+    """In bf16 the check also runs the pack's maths in float32 on the same weights; each implementation's distance
+    to it is bf16 rounding (a few 1e-3 at two blocks), and the pairs pass."""
+    out = tmp_path / "results.json"
+    args = [a if a != "fp32" else "bf16" for a in TINY_ARGS]
+    status = dit_step.main(args + ["--implementations", "pack,diffusers", "--check-only", "--json", str(out)])
+    rows = json.loads(out.read_text())["check"]
+    to_reference = {(row["pair"], row["branch"]): row["relative_error"] for row in rows if row.get("informative")}
+    assert set(to_reference) == {(f"{name} vs float32", branch) for name in ("pack", "diffusers")
+                                 for branch in ("cond", "uncond")}
+    assert all(1e-4 < error < 2e-2 for error in to_reference.values()), to_reference
+    assert status == 0
 
 
 def test_check_fails_when_an_implementation_disagrees(monkeypatch):
