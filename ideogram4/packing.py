@@ -153,3 +153,24 @@ def pack_conditional(latent_tokens: torch.Tensor, text_features: torch.Tensor, t
         attention_mask=attention_mask,
         image_slice=slice(text_length, total),
     )
+
+
+def left_align_text_features(text_features: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """Move each sample's real text rows to the end, the official left padding :func:`pack_conditional` expects.
+
+    Args:
+        text_features: (B, n, F) with real and padding rows in any order (ComfyUI pads on the right).
+        text_mask: (B, n), true/nonzero on real rows.
+    Returns:
+        (features (B, n, F) with zeros before each sample's real rows, kept in their order; lengths list[int]).
+    """
+    mask = text_mask.reshape(text_features.shape[0], -1).bool()
+    if mask.shape[1] != text_features.shape[1]:
+        raise ValueError(f"left_align_text_features: mask {tuple(text_mask.shape)} does not match text features "
+                         f"{tuple(text_features.shape)}; expected one mask entry per text row")
+    lengths = [int(n) for n in mask.sum(dim=1).tolist()]
+    aligned = torch.zeros_like(text_features)
+    for b, n in enumerate(lengths):
+        if n:
+            aligned[b, -n:] = text_features[b][mask[b]]
+    return aligned, lengths

@@ -30,6 +30,7 @@ import torch
 from ..ideogram4.dit import Ideogram4DiT
 from ..ideogram4.dit_config import DiTConfig
 from ..ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
+from ..ideogram4.packing import left_align_text_features
 from ..ideogram4.schedule import T_MIN
 from ..ideogram4.velocity import conditional_velocity, unconditional_velocity
 
@@ -105,7 +106,7 @@ class Ideogram4DiffusionModel(Ideogram4DiT):
         else:
             lengths = None
             if attention_mask is not None:
-                lengths = [int(n) for n in attention_mask.reshape(context.shape[0], -1).sum(dim=1).tolist()]
+                context, lengths = left_align_text_features(context, attention_mask)
             velocity = conditional_velocity(self, tokens, t, context, lengths, grid_h, grid_w, dtype=x.dtype)
         return -tokens_to_comfy_latent(velocity, grid_h, grid_w)
 
@@ -120,7 +121,8 @@ class Ideogram4Model(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs):
         """CONDITIONING -> model inputs: the text features as ``c_crossattn`` (no text: image-only pass) and, when
-        some text rows are padding, the text ``attention_mask`` (real tokens first)."""
+        some text rows are padding, the text ``attention_mask`` (ComfyUI pads on the right; the model re-aligns it to
+        the official left padding)."""
         out = {}
         cross_attn = kwargs.get("cross_attn", None)
         if cross_attn is not None:

@@ -172,3 +172,14 @@ def test_default_compute_dtype_follows_plain_weights_and_falls_back_to_bf16():
             self.input_proj.weight.data = self.input_proj.weight.data.to(torch.float8_e4m3fn)
 
     assert default_compute_dtype(Fp8Weights()) == torch.bfloat16
+
+
+def test_left_align_moves_right_padded_rows_to_the_end_in_order():
+    from ideogram4.packing import left_align_text_features
+
+    features = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])  # sample 0: ComfyUI's right padding; sample 1: no padding
+    aligned, lengths = left_align_text_features(features, mask)
+    assert lengths == [2, 4]
+    assert torch.equal(aligned[0], torch.cat([torch.zeros(2, 3), features[0, :2]]))
+    assert torch.equal(aligned[1], features[1])
