@@ -18,6 +18,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
+from ..ideogram4.compile import compile_transformer_blocks
 from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
 
 from . import compat
@@ -126,6 +127,11 @@ class DiTLoader(io.ComfyNode):
                                        "bf16), others in the compute dtype. bf16: de-quantise everything once "
                                        "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
                                        "lossy)."),
+                io.Boolean.Input("compile_blocks", default=False,
+                                 tooltip="Compile the transformer blocks with torch.compile (opt-in). The first "
+                                         "sampling run at each size compiles (slow), later steps run faster; "
+                                         "results are unchanged (bf16 rounding kept). Needs a working "
+                                         "torch.compile (Triton on NVIDIA)."),
             ],
             outputs=[
                 io.Model.Output("cond_model", display_name="cond_model",
@@ -136,8 +142,13 @@ class DiTLoader(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, cond_model_name: str, uncond_model_name: str, weight_dtype: str = "default") -> io.NodeOutput:
+    def execute(cls, cond_model_name: str, uncond_model_name: str, weight_dtype: str = "default",
+                compile_blocks: bool = False) -> io.NodeOutput:
         cond_path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, cond_model_name)
         uncond_path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, uncond_model_name)
         cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype)
+        if compile_blocks:
+            # Lazy: nothing compiles here; each block compiles at its first forward of a new input shape.
+            for patcher in (cond, uncond):
+                compile_transformer_blocks(patcher.model.diffusion_model)
         return io.NodeOutput(cond, uncond)

@@ -41,7 +41,8 @@ PRESETS = {
 # A widget named "seed" carries ComfyUI's extra control_after_generate entry in widgets_values.
 SCHEMAS = {
     "Ideogram4RefDiTLoader": (
-        [("cond_model_name", "COMBO", True), ("uncond_model_name", "COMBO", True), ("weight_dtype", "COMBO", True)],
+        [("cond_model_name", "COMBO", True), ("uncond_model_name", "COMBO", True), ("weight_dtype", "COMBO", True),
+         ("compile_blocks", "BOOLEAN", True)],
         [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
     ),
     "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
@@ -172,7 +173,7 @@ class Graph:
 
 
 def _loaders(graph, y=120):
-    dit = graph.add("Ideogram4RefDiTLoader", (40, y), (380, 130), [DIT_FILE, UNCOND_DIT_FILE, "default"],
+    dit = graph.add("Ideogram4RefDiTLoader", (40, y), (380, 154), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
                     models=[DIT_FILE, UNCOND_DIT_FILE])
     te = graph.add("Ideogram4RefTextEncoderLoader", (40, y + 180), (380, 60), [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
     vae = graph.add("Ideogram4RefVAELoader", (40, y + 290), (380, 60), [VAE_FILE], models=[VAE_FILE])

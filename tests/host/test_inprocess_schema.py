@@ -18,7 +18,8 @@ import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only
 # Node id -> (display name, input names in order, output types): the team contract.
 CONTRACT = {
     "Ideogram4RefDiTLoader": ("Ideogram 4 DiT Loader (reference)",
-                              ["cond_model_name", "uncond_model_name", "weight_dtype"], ["MODEL", "MODEL"]),
+                              ["cond_model_name", "uncond_model_name", "weight_dtype", "compile_blocks"],
+                              ["MODEL", "MODEL"]),
     "Ideogram4RefTextEncoderLoader": ("Ideogram 4 Text Encoder Loader (reference)", ["text_encoder_name"],
                                       ["IDEOGRAM4_TEXT_ENCODER"]),
     "Ideogram4RefTextEncode": ("Ideogram 4 Text Encode (reference)",
@@ -85,6 +86,7 @@ def test_widget_defaults_and_choices(registered):
     assert sampler["latent"].optional and sampler["denoise"].optional and sampler["denoise"].default == 1.0
     loader = {entry.id: entry for entry in registered["Ideogram4RefDiTLoader"].GET_SCHEMA().inputs}
     assert loader["weight_dtype"].options == ["default", "bf16", "fp8"] and loader["weight_dtype"].default == "default"
+    assert loader["compile_blocks"].default is False and loader["compile_blocks"].tooltip  # opt-in
     encode = {entry.id: entry for entry in registered["Ideogram4RefTextEncode"].GET_SCHEMA().inputs}
     assert encode["prompt"].multiline
     for name in ("official_width", "official_height"):
