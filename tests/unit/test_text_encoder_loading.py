@@ -24,36 +24,13 @@ from ideogram4.text_encoder_checkpoint import (
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_qwen import tiny_qwen3_vl  # noqa: E402  (needs transformers)
+
 HF_PREFIX = "model.language_model."
 FP8_MAX = 448.0
 # A few real ids (template + words), so the embedding rows used are spread over the vocabulary.
 TOKEN_IDS = torch.tensor([[151644, 872, 198, 64, 8251, 9834, 11, 1879, 151645, 198, 151644, 77091, 198]])
 LAYER_KEY = re.compile(r"layers\.(\d+)\.")
-
-
-def tiny_qwen3_vl():
-    """A random fp32 Qwen3VLForConditionalGeneration with a 36-layer tiny language model."""
-    config = transformers.Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=36, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 1, 1],
-                             "mrope_interleaved": True},
-        ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           deepstack_visual_indexes=[0], num_position_embeddings=16),
-    )
-    torch.manual_seed(0)
-    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            if "norm" in name:
-                parameter.copy_(1.0 + 0.2 * noise)
-            else:
-                parameter.copy_((1.0 if "embed_tokens" in name else 0.1) * noise)
-    return model
 
 
 def is_linear_weight(key: str, value: torch.Tensor) -> bool:

@@ -23,6 +23,8 @@ from ideogram4.tokens import PAD_TOKEN_ID, load_tokenizer, tokenize_prompt, toke
 
 transformers = pytest.importorskip("transformers")
 
+from tiny_qwen import tapped_hidden_states, tiny_qwen3_vl  # noqa: E402  (needs transformers)
+
 HF_PREFIX = "model.language_model."
 TOLERANCE = 1e-5
 PROMPTS = {
@@ -46,35 +48,6 @@ QWEN3_VL_USER_TURN_TEMPLATE = (
 )
 
 
-def tiny_qwen3_vl(seed: int = 0):
-    """A random fp32 Qwen3VLForConditionalGeneration with a 36-layer tiny language model (SDPA attention)."""
-    config = transformers.Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=36, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 1, 1],
-                             "mrope_interleaved": True},
-        ),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           deepstack_visual_indexes=[0], num_position_embeddings=16),
-    )
-    config._attn_implementation = "sdpa"
-    config.text_config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    model = transformers.Qwen3VLForConditionalGeneration(config).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            # Scales chosen so hidden states stay O(1-10) over 36 layers: float32 round-off between
-            # differently shaped (batched/padded) computations then stays well below the 1e-5 tolerance.
-            if "norm" in name:
-                parameter.copy_(1.0 + 0.2 * noise)
-            else:
-                parameter.copy_((1.0 if "embed_tokens" in name else 0.1) * noise)
-    return model
-
-
 def pack_encoder_from(model, dtype=torch.float32) -> Qwen3VLTextEncoder:
     """The pack's encoder holding the same language-model weights (HF prefix stripped)."""
     text_config = Qwen3VLTextConfig.from_hf_config(model.config.to_dict())
@@ -87,26 +60,9 @@ def pack_encoder_from(model, dtype=torch.float32) -> Qwen3VLTextEncoder:
 
 def transformers_taps(model, input_ids, attention_mask=None):
     """Outputs of the tapped decoder layers from transformers' own forward: 13 x (B, L, hidden)."""
-    language_model = model.model.language_model
-    captured = {}
-    handles = [
-        language_model.layers[index].register_forward_hook(
-            lambda module, args, output, index=index: captured.__setitem__(index, output)
-        )
-        for index in QWEN3_VL_ACTIVATION_LAYERS
-    ]
     # Positions count from each row's first real token, as in the official packing.
-    if attention_mask is None:
-        position_ids = None
-    else:
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    try:
-        with torch.no_grad():
-            language_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [captured[index] for index in QWEN3_VL_ACTIVATION_LAYERS]
+    position_ids = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return tapped_hidden_states(model, input_ids, attention_mask, position_ids)
 
 
 def interleave(taps):
@@ -284,21 +240,7 @@ def official_packed_oracle(model, token_lists, image_slots):
     made them)."""
     longest = max(len(ids) for ids in token_lists)
     ids, mask, positions = official_layout_by_hand(token_lists, image_slots)
-    language_model = model.model.language_model
-    captured = {}
-    handles = [
-        language_model.layers[index].register_forward_hook(
-            lambda module, args, output, index=index: captured.__setitem__(index, output)
-        )
-        for index in QWEN3_VL_ACTIVATION_LAYERS
-    ]
-    try:
-        with torch.no_grad():
-            language_model(input_ids=ids, attention_mask=mask, position_ids=positions)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return interleave([captured[index][:, :longest] for index in QWEN3_VL_ACTIVATION_LAYERS])
+    return interleave([tap[:, :longest] for tap in tapped_hidden_states(model, ids, mask, positions)])
 
 
 @pytest.fixture(scope="module")
