@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 
 import comfy.model_management
+import comfy.patcher_extension
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -22,7 +23,7 @@ from ..ideogram4.compile import compile_transformer_blocks
 from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
 
 from . import compat
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, quantize_rowwise
+from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, quantize_rowwise, refuse_lora_on_fp8
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .settings import CATEGORY
 
@@ -68,6 +69,9 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     compat.archive_dtypes(model.diffusion_model)
 
     patcher = compat.new_patcher(model, load_device=load_device, offload_device=offload_device)
+    if scales:
+        # Clones (LoRA loaders) inherit the callback: a patch on an fp8 layer is refused at load.
+        patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, refuse_lora_on_fp8)
     try:
         compat.load_weights(patcher, model.diffusion_model, state)
     except ValueError as error:
@@ -126,7 +130,7 @@ class DiTLoader(io.ComfyNode):
                                tooltip="default: keep fp8 files in fp8 (de-quantised per layer, same result as "
                                        "bf16), others in the compute dtype. bf16: de-quantise everything once "
                                        "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
-                                       "lossy)."),
+                                       "lossy). LoRAs on fp8-stored layers are refused: use bf16 with LoRAs."),
                 io.Boolean.Input("compile_blocks", default=False,
                                  tooltip="Compile the transformer blocks with torch.compile (opt-in). The first "
                                          "sampling run at each size compiles (slow), later steps run faster; "

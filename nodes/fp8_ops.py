@@ -6,8 +6,10 @@ offload device when the layer did not fit in VRAM) and rebuilds it as ``weight.t
 None]`` — the official ``Fp8Linear`` rule (:func:`ideogram4.quantization.dequantize_fp8_rowwise`), so the
 result is bit-identical to de-quantising the whole model once at load time.
 
-Limitation: weight patches (LoRA) are applied by ComfyUI to the cast weight before the scale, i.e. in the
-unscaled domain, which is wrong for fp8-stored layers; use ``weight_dtype = bf16`` with LoRAs.
+Weight patches (LoRA) are not supported on fp8-stored layers: ComfyUI would add them to the cast weight before
+the scale (low-VRAM / dynamic path) or into the fp8 weight itself (full load), i.e. in the unscaled domain, which
+silently gives wrong weights. Both paths are refused with :data:`LORA_ON_FP8_MESSAGE` (``weight_dtype = bf16``
+works with LoRAs).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import torch.nn.functional as F
 
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0
+LORA_ON_FP8_MESSAGE = ("Ideogram 4: LoRA on fp8-stored weights is not supported; set the DiT Loader's weight_dtype "
+                       "to bf16")
+# ComfyUI >= 0.4: cast_bias_weight(..., offloadable=True) + uncast_bias_weight after the weight's last use.
+HAS_UNCAST = hasattr(comfy.ops, "uncast_bias_weight")
 
 
 class Ideogram4Fp8Ops(comfy.ops.manual_cast):
@@ -36,9 +42,47 @@ class Ideogram4Fp8Ops(comfy.ops.manual_cast):
             weight_scale = getattr(self, "weight_scale", None)
             if weight_scale is None:
                 return super().forward_comfy_cast_weights(input, *args, **kwargs)
-            weight, bias = comfy.ops.cast_bias_weight(self, input)
-            scale = comfy.model_management.cast_to(weight_scale, dtype=weight.dtype, device=weight.device)
-            return F.linear(input, weight * scale[:, None], bias)
+            if getattr(self, "weight_function", None) or getattr(self, "weight_lowvram_function", None):
+                raise ValueError(LORA_ON_FP8_MESSAGE)
+            if not HAS_UNCAST:
+                weight, bias = comfy.ops.cast_bias_weight(self, input)  # hosts before the offloadable API
+                return _scaled_linear(input, weight, bias, weight_scale)
+            # The offloadable cast lets ComfyUI stream / pin the weight; it must be released after its last use.
+            weight, bias, offload_stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
+            try:
+                return _scaled_linear(input, weight, bias, weight_scale)
+            finally:
+                comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
+
+
+def _scaled_linear(input: torch.Tensor, weight: torch.Tensor, bias, weight_scale: torch.Tensor) -> torch.Tensor:
+    """``F.linear`` with the cast fp8 weight de-quantised by its per-row scale, in the weight's dtype."""
+    scale = comfy.model_management.cast_to(weight_scale, dtype=weight.dtype, device=weight.device)
+    return F.linear(input, weight * scale[:, None], bias)
+
+
+def fp8_patched_keys(patcher) -> list[str]:
+    """The keys of ``patcher``'s weight patches (LoRA etc.) that land on an fp8-stored layer (one with a
+    ``weight_scale``), sorted."""
+    found = []
+    for key in getattr(patcher, "patches", {}):
+        if not key.endswith(".weight"):
+            continue
+        try:
+            module = patcher.model.get_submodule(key[: -len(".weight")])
+        except AttributeError:
+            continue
+        if getattr(module, "weight_scale", None) is not None:
+            found.append(key)
+    return sorted(found)
+
+
+def refuse_lora_on_fp8(patcher, *unused_load_args) -> None:
+    """ComfyUI ``ON_LOAD`` callback of the DiT patchers with fp8-stored layers: raises a ValueError when weight
+    patches touch an fp8 layer (a full load has just added them into the fp8 weight, unscaled)."""
+    keys = fp8_patched_keys(patcher)
+    if keys:
+        raise ValueError(f"{LORA_ON_FP8_MESSAGE} (patched fp8 layers: {keys[:3]}{' ...' if len(keys) > 3 else ''}).")
 
 
 def make_fp8_layer(linear: torch.nn.Module, weight_scale: torch.Tensor,

@@ -17,6 +17,7 @@ from comfy_api.latest import io
 
 from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
+from ..ideogram4.packing import left_align_text_features
 from ..ideogram4.sampler import img2img_start, make_noise, sample
 from ..ideogram4.schedule import logit_normal_schedule
 from ..ideogram4.velocity import conditional_velocity, unconditional_velocity
@@ -45,7 +46,8 @@ def text_features(conditioning, batch: int) -> tuple[torch.Tensor, list[int] | N
     """CONDITIONING ``[[features (1 or B, n, F), {...}], ...]`` -> (features (B, n, F), real lengths or None).
 
     Only the first entry is used (one prompt per generation, as the official pipeline); an ``attention_mask``
-    in its options (native text encoders) gives the real token count of each row.
+    (1 or B, n) in its options (native text encoders, right-padded) gives the real rows of each sample, which are
+    moved to the end (:func:`ideogram4.packing.left_align_text_features`).
     """
     if not conditioning or conditioning[0][0] is None:
         raise ValueError("Ideogram 4 Sampler: the conditioning holds no text features; connect the output of "
@@ -61,8 +63,9 @@ def text_features(conditioning, batch: int) -> tuple[torch.Tensor, list[int] | N
     lengths = None
     mask = options.get("attention_mask") if isinstance(options, dict) else None
     if mask is not None:
-        per_row = mask.reshape(mask.shape[0], -1).sum(dim=1).tolist()
-        lengths = [int(n) for n in per_row] * (batch if mask.shape[0] == 1 else 1)
+        # Native encoders pad on the right; the official packing wants each row's real tokens last (left padding).
+        features, lengths = left_align_text_features(features, mask)
+        lengths = lengths * (batch if len(lengths) == 1 else 1)
     return features.expand(batch, -1, -1), lengths
 
 
@@ -72,7 +75,8 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
     """Run the official loop; returns the LATENT samples ``(B, 128, height/16, width/16)`` float32.
 
     With ``latent`` the image size and batch come from it and ``denoise < 1`` keeps the tail of the schedule
-    (:func:`ideogram4.sampler.img2img_start`); without it ``denoise`` must be 1.
+    (:func:`ideogram4.sampler.img2img_start`; ``denoise = 0`` returns the latent's samples unchanged); without
+    it ``denoise`` must be 1.
     """
     if latent is not None:
         samples = latent["samples"]
@@ -80,6 +84,8 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
             raise ValueError(f"Ideogram 4 Sampler: expected a LATENT (B, 128, H/16, W/16), got {tuple(samples.shape)}.")
         batch_size, _, grid_h, grid_w = samples.shape
         width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
+        if denoise <= 0.0:
+            return samples  # nothing to denoise: the input latent unchanged, as native samplers do
     else:
         grid_h, grid_w = check_size(width, height)
         if denoise != 1.0:
@@ -94,7 +100,13 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
     start = noise
     if latent is not None:
         clean = comfy_latent_to_tokens(latent["samples"].float())
-        times, guidance, start = img2img_start(times, guidance, denoise, clean, noise)
+        try:
+            times, guidance, start = img2img_start(times, guidance, denoise, clean, noise)
+        except ValueError as error:
+            reason = str(error).removeprefix("img2img_start: ")
+            if not reason.startswith("denoise"):
+                reason = f"denoise {denoise}: {reason}"
+            raise ValueError(f"Ideogram 4 Sampler: {reason}") from None
 
     shape = [batch_size, 128, grid_h, grid_w]
     memory = cond_patcher.model.memory_required(shape)

@@ -25,7 +25,7 @@ from comfy_api.latest import io
 from ..ideogram4.sampler import img2img_start
 from ..ideogram4.schedule import logit_normal_schedule
 
-from .model_wrapper import EXACT_TIME_KEY
+from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA
 from .settings import (
     CATEGORY,
     check_size,
@@ -80,7 +80,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
     The conditional pass runs on a clone of the conditional MODEL (so its patches, hooks and wrappers apply);
     the unconditional MODEL is attached to that clone as an additional model, so ComfyUI loads both in one
     ``load_models_gpu`` call, and is run without text (image tokens only).
-    ``guidance`` is in sampling order; shorter SIGMAS (img2img tail) use its last entries.
+    ``guidance`` is in sampling order; shorter SIGMAS of a partial denoise (img2img tail) use its last entries,
+    SIGMAS of a full denoise must have as many steps as it has entries.
     """
 
     def __init__(self, cond_patcher, uncond_patcher, guidance: list[float]):
@@ -99,14 +100,25 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
         if sigmas is None:
             raise RuntimeError("Ideogram 4 Guider: the sampler did not provide transformer_options['sample_sigmas'].")
+        self.check_step_count(sigmas)
         steps = len(sigmas) - 1
-        if steps > len(self.guidance):
-            raise ValueError(
-                f"Ideogram 4 Guider: the SIGMAS have {steps} steps but the guidance schedule has {len(self.guidance)} "
-                "entries; use the same preset and steps in Ideogram 4 Scheduler and Ideogram 4 Guider.")
         return self.guidance[len(self.guidance) - steps + step_index(sigmas, timestep)]
 
+    def check_step_count(self, sigmas: torch.Tensor) -> None:
+        """SIGMAS of a full denoise (starting at sigma >= FULL_DENOISE_SIGMA) must have exactly one step per
+        guidance entry; partial-denoise SIGMAS (img2img tail) may be shorter and use the guidance's last entries.
+        Raises a ValueError naming both step counts otherwise."""
+        steps, entries = len(sigmas) - 1, len(self.guidance)
+        full_denoise = steps > 0 and float(sigmas[0]) >= FULL_DENOISE_SIGMA
+        if steps > entries or (full_denoise and steps != entries):
+            raise ValueError(
+                f"Ideogram 4 Guider: the SIGMAS have {steps} steps"
+                f"{' (a full denoise)' if full_denoise else ''} but the guidance schedule has {entries} entries "
+                f"(one per step); set the same preset and steps in Ideogram 4 Scheduler and Ideogram 4 Guider (the "
+                f"Scheduler gives {steps} steps, the Guider expects {entries}).")
+
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        self.check_step_count(sigmas)  # before any model is loaded
         # float64 SIGMAS (Ideogram 4 Scheduler) carry the exact official times; sampling itself runs on float32
         # sigmas so the latent stays float32 for the sampler, previews and other nodes.
         self.exact_times = [1.0 - float(s) for s in sigmas.tolist()] if sigmas.dtype == torch.float64 else None

@@ -15,7 +15,6 @@ import logging
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.ops
 import folder_paths
 import torch
 from comfy_api.latest import io, ui
@@ -25,6 +24,7 @@ from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.text_encoder import image_slot_count
 from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
+from . import compat
 from .settings import CATEGORY
 
 TEXT_ENCODER_FOLDER = "text_encoders"
@@ -57,7 +57,7 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
     dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
-    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=comfy.ops.disable_weight_init)
+    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=compat.EagerLoadOps)
     return Ideogram4TextEncoder(loaded, load_device, offload_device)
 
 

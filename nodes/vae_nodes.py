@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import comfy.model_management
 import comfy.model_patcher
-import comfy.ops
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -27,6 +26,7 @@ from ..ideogram4.vae import (
 )
 from ..ideogram4.vae_checkpoint import load_vae
 
+from . import compat
 from .settings import CATEGORY
 
 VAE_FOLDER = "vae"
@@ -68,7 +68,10 @@ class Ideogram4VAE:
         return self.decode(samples, tiled=True, tile_size=tile, tile_overlap=min(overlap, (tile - 1) // 2))
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """IMAGE (B, H, W, C) with H, W multiples of 16 -> LATENT samples (B, 128, H/16, W/16) (img2img start)."""
+        """IMAGE (B, H, W, C) -> LATENT samples (B, 128, H//16, W//16) (img2img start). Sides that are not
+        multiples of 16 are cropped to them (bottom/right), as ComfyUI's own VAE.encode does."""
+        height, width = pixels.shape[1], pixels.shape[2]
+        pixels = pixels[:, : height // PIXELS_PER_TOKEN * PIXELS_PER_TOKEN, : width // PIXELS_PER_TOKEN * PIXELS_PER_TOKEN]
         self._load(pixels.shape[0] * pixels.shape[1] * pixels.shape[2] // PIXELS_PER_TOKEN ** 2)
         tokens = encode_image_to_tokens(self.model, image_to_model_input(pixels), self.dtype,
                                         device=self.patcher.load_device)
@@ -101,7 +104,7 @@ def build_vae(path_or_state_dict) -> Ideogram4VAE:
     load_device = comfy.model_management.vae_device()
     offload_device = comfy.model_management.vae_offload_device()
     dtype = comfy.model_management.vae_dtype(load_device, [torch.bfloat16, torch.float32])
-    model = load_vae(path_or_state_dict, dtype=dtype, device=offload_device, operations=comfy.ops.disable_weight_init)
+    model = load_vae(path_or_state_dict, dtype=dtype, device=offload_device, operations=compat.EagerLoadOps)
     return Ideogram4VAE(model, dtype, load_device, offload_device)
 
 

@@ -131,3 +131,26 @@ def test_sampler_and_guider_need_text_conditioning(host, pack_models):
     with pytest.raises(ValueError, match="holds no text features"):
         comfy_inprocess.run_node(nodes.scheduler_guider.Guider, cond_model=cond, uncond_model=uncond,
                                  conditioning=[[None, {}]], preset="Default 20", steps=20, guidance_schedule="7")
+
+
+def test_guider_refuses_full_denoise_sigmas_of_another_preset(host, pack_models):
+    """Quality 48's Guider fed Turbo 12's full SIGMAS must not silently use the last 12 of its 48 entries."""
+    cond, uncond, conditioning = pack_models
+    nodes = host.nodes
+    (guider,) = comfy_inprocess.run_node(nodes.scheduler_guider.Guider, cond_model=cond, uncond_model=uncond,
+                                         conditioning=conditioning, preset="Quality 48", steps=48,
+                                         guidance_schedule="7")
+    (sigmas,) = comfy_inprocess.run_node(nodes.scheduler_guider.Scheduler, preset="Turbo 12", steps=12, mu=0.5,
+                                         std=1.75, width=32, height=32, denoise=1.0)
+    options = {"transformer_options": {"sample_sigmas": sigmas.float()}}
+    expected = r"SIGMAS have 12 steps \(a full denoise\) but the guidance schedule has 48 entries.*Scheduler gives 12"
+    with pytest.raises(ValueError, match=expected):
+        guider.guidance_for(sigmas[:1].float(), options)
+    with pytest.raises(ValueError, match=expected):  # refused before sampling starts, too
+        guider.sample(None, None, None, sigmas)
+    # A partial denoise of the same length (the img2img tail) still uses the guidance list's last entries.
+    (tail,) = comfy_inprocess.run_node(nodes.scheduler_guider.Scheduler, preset="Quality 48", steps=48, mu=0.0,
+                                       std=1.5, width=32, height=32, denoise=0.25)
+    assert len(tail) - 1 == 12
+    options = {"transformer_options": {"sample_sigmas": tail.float()}}
+    assert guider.guidance_for(tail[-2:-1].float(), options) == 3.0

@@ -245,3 +245,29 @@ def test_latent_previews_use_the_flux2_latent_format_where_the_host_has_it(host,
         assert (width, height) == (WIDTH // 8, HEIGHT // 8)  # FLUX.2 Latent2RGB unpacks the 2x2 patches
     else:
         assert previews == [None] * STEPS  # no RGB factors for a 128-channel latent on this host
+
+
+def test_pack_sampler_denoise_zero_returns_the_input_latent(host, pack_models):
+    clean = torch.randn((1, 128, HEIGHT // 16, WIDTH // 16), generator=torch.Generator().manual_seed(7))
+    actual = run_pack_sampler(host, pack_models, latent={"samples": clean}, denoise=0.0)
+    assert torch.equal(actual, clean)
+
+
+def test_pack_sampler_denoise_keeping_no_step_names_the_node_and_the_fix(host, pack_models):
+    clean = torch.zeros((1, 128, HEIGHT // 16, WIDTH // 16))
+    # 4 steps * 0.1 rounds to 0 kept steps.
+    with pytest.raises(ValueError, match=r"^Ideogram 4 Sampler: denoise 0\.1 keeps 0 of 4 steps; use denoise >= 0\.25"):
+        run_pack_sampler(host, pack_models, latent={"samples": clean}, denoise=0.1)
+
+
+def test_pack_sampler_left_aligns_right_padded_conditioning(host, pack_models):
+    """A native-style CONDITIONING (features right-padded with an attention_mask) gives the unpadded result."""
+    cond, uncond, conditioning = pack_models
+    features = conditioning[0][0]
+    length = features.shape[1]
+    padded = torch.cat([features, torch.randn((1, 3, features.shape[2]), generator=torch.Generator().manual_seed(8))],
+                       dim=1)
+    mask = torch.tensor([[1] * length + [0] * 3])
+    expected = run_pack_sampler(host, pack_models)
+    actual = run_pack_sampler(host, (cond, uncond, [[padded, {"attention_mask": mask}]]))
+    assert torch.equal(actual, expected)

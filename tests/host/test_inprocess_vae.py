@@ -110,3 +110,17 @@ def test_decode_rejects_a_latent_of_another_model(host, pack_vae):
     with pytest.raises(ValueError, match="expected a LATENT"):
         comfy_inprocess.run_node(host.nodes.vae_nodes.VAEDecode, samples={"samples": torch.zeros(1, 16, 4, 4)},
                                  vae=pack_vae, tiled=False)
+
+
+def test_encode_crops_sides_that_are_not_multiples_of_16(host, pack_vae, core_vae):
+    """A 70 x 50 image is encoded as its top-left 64 x 48 crop, as ComfyUI's own VAE.encode does."""
+    from ideogram4.latent import image_to_model_input, tokens_to_comfy_latent
+    from ideogram4.vae import encode_image_to_tokens
+
+    pixels = torch.rand((1, 50, 70, 3), generator=torch.Generator().manual_seed(6))
+    native = comfy_inprocess.native_node("nodes", "VAEEncode")
+    (latent,) = comfy_inprocess.run_node(native, vae=pack_vae, pixels=pixels)
+    cropped = pixels[:, :48, :64]
+    expected = tokens_to_comfy_latent(encode_image_to_tokens(core_vae, image_to_model_input(cropped)), 3, 4)
+    assert latent["samples"].shape == (1, 128, 3, 4)
+    assert torch.equal(latent["samples"], expected)
