@@ -18,9 +18,14 @@ from ..ideogram4.latent import tokens_to_comfy_latent
 class StepReporter:
     """Reports ``total_steps`` sampling steps of a ``grid_h x grid_w`` token latent to the ComfyUI UI."""
 
-    def __init__(self, total_steps: int, grid_h: int, grid_w: int, latent_format=None, preview_device=None):
+    def __init__(self, total_steps: int, grid_h: int, grid_w: int, latent_format=None, preview_device=None,
+                 times: list[float] | None = None, start_tokens: torch.Tensor | None = None):
         self.total_steps = total_steps
         self.grid_h, self.grid_w = grid_h, grid_w
+        # With the step times and the start latent, previews show the clean-image estimate (below) instead of
+        # the still noisy latent of the early steps.
+        self.times = times
+        self.previous_tokens = start_tokens
         self.progress_bar = comfy.utils.ProgressBar(total_steps)
         self.previewer = None
         if latent_format is not None and preview_device is not None:
@@ -37,7 +42,17 @@ class StepReporter:
         self.check_interrupted()
         preview = None
         if self.previewer is not None:
-            # The official loop has no x0 estimate; the current latent is a fair preview from mid-sampling on.
-            latent = tokens_to_comfy_latent(tokens, self.grid_h, self.grid_w)
+            latent = tokens_to_comfy_latent(self.preview_tokens(step_index, tokens), self.grid_h, self.grid_w)
             preview = self.previewer.decode_latent_to_preview_image("JPEG", latent)
         self.progress_bar.update_absolute(step_index + 1, self.total_steps, preview)
+
+    def preview_tokens(self, step_index: int, tokens: torch.Tensor) -> torch.Tensor:
+        """The clean-image estimate after a step, ``x0 = z_s + (1 - s) v``, with the step's guided velocity
+        recovered exactly from the Euler update ``z_s = z_t + v (s - t)``; the latent itself when the times or
+        the start latent are unknown. For previews only: the sampler's state is not touched."""
+        if self.times is None or self.previous_tokens is None:
+            return tokens
+        t, s = self.times[step_index], self.times[step_index + 1]
+        velocity = (tokens - self.previous_tokens) / (s - t)
+        self.previous_tokens = tokens.clone()
+        return tokens + (1.0 - s) * velocity

@@ -116,7 +116,8 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
     cond_dit, uncond_dit = cond_model.velocity_model(), uncond_model.velocity_model()
     cond_dtype, uncond_dtype = compat.inference_dtype(cond_model), compat.inference_dtype(uncond_model)
     features = features.to(device)
-    reporter = StepReporter(len(times) - 1, grid_h, grid_w, cond_model.latent_format, device)
+    reporter = StepReporter(len(times) - 1, grid_h, grid_w, cond_model.latent_format, device, times=times,
+                            start_tokens=start)
 
     def cond_velocity(z: torch.Tensor, t: float) -> torch.Tensor:
         reporter.check_interrupted()

@@ -271,3 +271,14 @@ def test_pack_sampler_left_aligns_right_padded_conditioning(host, pack_models):
     expected = run_pack_sampler(host, pack_models)
     actual = run_pack_sampler(host, (cond, uncond, [[padded, {"attention_mask": mask}]]))
     assert torch.equal(actual, expected)
+
+
+def test_preview_shows_the_clean_image_estimate_of_each_step(host):
+    """On a straight flow path z_t = t x0 + (1 - t) eps with the exact velocity x0 - eps, Euler steps stay on the
+    path, so the preview estimate z_s + (1 - s) v must be x0 itself after every step (hand-computed oracle)."""
+    x0, eps = torch.randn(1, 6, 128), torch.randn(1, 6, 128)
+    times = [0.1, 0.4, 0.9]
+    reporter = host.nodes.progress.StepReporter(2, 2, 3, times=times, start_tokens=times[0] * x0 + (1 - times[0]) * eps)
+    for step, s in enumerate(times[1:]):
+        z_s = s * x0 + (1 - s) * eps
+        assert torch.allclose(reporter.preview_tokens(step, z_s), x0, atol=1e-5)
