@@ -86,6 +86,9 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
         width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
         if denoise <= 0.0:
             return samples  # nothing to denoise: the input latent unchanged, as native samplers do
+        if "noise_mask" in latent:
+            logging.warning("Ideogram 4 Sampler: the latent carries a noise mask (inpainting), which this sampler "
+                            "does not use: the whole image is re-sampled. Remove the mask node to silence this.")
     else:
         grid_h, grid_w = check_size(width, height)
         if denoise != 1.0:
