@@ -42,10 +42,11 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
 
     Weights stay as the checkpoint holds them (tensors loaded with ``keep_fp8=True`` keep their fp8 weight and
     per-row ``weight_scale``); ``quantize_to_fp8`` also stores every other ``layers.*`` Linear weight in fp8.
+    Consumes ``checkpoint.state_dict`` (left empty): each tensor is released as soon as the model holds it.
     """
     load_device = comfy.model_management.get_torch_device() if load_device is None else load_device
     offload_device = comfy.model_management.unet_offload_device() if offload_device is None else offload_device
-    state = dict(checkpoint.state_dict)
+    state = checkpoint.state_dict
     scales = {key[: -len(".weight_scale")]: value for key, value in state.items() if key.endswith(".weight_scale")}
     for key in [key for key in state if key.endswith(".input_scale")]:
         del state[key]  # activation scale of ComfyUI's fp8 matmuls; the weight-only official path does not use it
@@ -82,8 +83,9 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
 def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
     """(cond patcher, uncond patcher) for two checkpoint files; ``weight_dtype`` is one of :data:`WEIGHT_DTYPES`.
 
-    The files are read one after the other, each state dict released once its model holds the weights, so the
-    peak memory is one model plus one state dict rather than two of each.
+    The files are read one after the other and each state dict is consumed layer by layer as its model fills
+    (:func:`compat.load_weights`), so loading peaks near the two models' own size even where the weights are
+    converted in memory (de-quantised, cast or quantised), instead of adding a converted copy of a model.
     """
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"Ideogram 4 DiT Loader: weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}.")

@@ -6,9 +6,13 @@ see comfy_inprocess.py).
 * The weight-dtype choices of the DiT loader: fp8 files stay fp8 and give exactly the one-time de-quantisation's
   output, bf16 computes in bf16, fp8 quantises unquantised files.
 * Each model has its own patcher on the devices ComfyUI assigns to that kind of model.
+* Loading consumes the converted state dict layer by layer, so a converted copy of the model never exists whole
+  beside the model.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import pytest
 import torch
@@ -109,6 +113,54 @@ def test_fp8_choice_quantises_an_unquantised_file(host, models):
     quantised = velocity(dit)
     relative = (quantised - exact).norm() / exact.norm()
     assert 0 < relative < 0.1
+
+
+def test_loading_releases_each_tensor_once_its_layer_holds_it(host):
+    from ideogram4.dit import Ideogram4DiT
+
+    nodes = host.nodes
+    state = {key: value.clone() for key, value in tiny.dit_state_dict(seed=5).items()}  # owned only by `state`
+    expected = {key: value.clone() for key, value in state.items()}
+    alive = {key: weakref.ref(value) for key, value in state.items()}
+    dit = Ideogram4DiT(tiny.DIT_CONFIG)
+    last_layer = list(state)[-1].rpartition(".")[0]  # layers load in the state dict's order
+    last_layer_keys = sorted(key for key in state if key.rpartition(".")[0] == last_layer)
+    still_alive_when_last_layer_loads = []
+
+    def count_alive(*unused):
+        still_alive_when_last_layer_loads.append(sorted(key for key, ref in alive.items() if ref() is not None))
+
+    dit.get_submodule(last_layer)._register_load_state_dict_pre_hook(count_alive)
+    patcher = nodes.compat.new_patcher(dit, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    keys = list(state)
+    nodes.compat.load_weights(patcher, dit, state)
+
+    assert state == {}
+    # Only the last layer's own tensors (being loaded) remain; every earlier one was dropped after its copy.
+    assert still_alive_when_last_layer_loads == [last_layer_keys]
+    assert all(torch.equal(dit.state_dict()[key], expected[key]) for key in keys)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_proj.weight": None}, r"the weights of input_proj do not fit: missing \['weight'\]"),
+    ({"layers.1.feed_forward.w2.weight": None}, r"missing \['layers\.1\.feed_forward\.w2\.weight'\]"),
+    ({"layers.1.feed_forward.gate.weight": torch.zeros(1)}, r"unexpected \['layers\.1\.feed_forward\.gate\.weight'\]"),
+    ({"layers.1.feed_forward.w2.extra": torch.zeros(1)}, r"feed_forward\.w2 do not fit: missing \[\], unexpected \['extra'\]"),
+])
+def test_loading_names_the_keys_that_do_not_fit(host, change, message):
+    from ideogram4.dit import Ideogram4DiT
+
+    compat = host.nodes.compat
+    dit = Ideogram4DiT(tiny.DIT_CONFIG)
+    patcher = compat.new_patcher(dit, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    state = tiny.dit_state_dict(seed=5)
+    for key, value in change.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    with pytest.raises(ValueError, match=message):
+        compat.load_weights(patcher, dit, state)
 
 
 def test_each_model_has_its_own_patcher_on_the_devices_comfy_assigns(host, models):
