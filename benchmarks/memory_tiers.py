@@ -170,7 +170,8 @@ def make_models(kind: str, models_dir: pathlib.Path, device: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- one tier (child)
 
-def _import_comfy_and_pack(comfyui: pathlib.Path, device: str, reserve_gib: float | None, dynamic_vram: bool):
+def _import_comfy_and_pack(comfyui: pathlib.Path, device: str, reserve_gib: float | None, dynamic_vram: bool,
+                           pack_root: pathlib.Path = REPO_ROOT):
     sys.path.insert(0, str(comfyui))  # ComfyUI's top-level modules (nodes.py, utils/) must win inside ComfyUI
     from comfy.cli_args import args
 
@@ -195,8 +196,8 @@ def _import_comfy_and_pack(comfyui: pathlib.Path, device: str, reserve_gib: floa
         comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
         comfy.memory_management.aimdo_enabled = True
 
-    spec = importlib.util.spec_from_file_location(PACK_MODULE_NAME, REPO_ROOT / "__init__.py",
-                                                  submodule_search_locations=[str(REPO_ROOT)])
+    spec = importlib.util.spec_from_file_location(PACK_MODULE_NAME, pack_root / "__init__.py",
+                                                  submodule_search_locations=[str(pack_root)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE_NAME] = pack
     spec.loader.exec_module(pack)

@@ -97,3 +97,22 @@ def test_pack_agrees_with_comfyui_native(tmp_path):
     assert set(errors) == {"cond", "uncond"}
     assert all(error <= FP32_AGREEMENT for error in errors.values()), errors
     assert status == 0
+
+
+@pytest.mark.skipif(not _comfy_importable(), reason=f"ComfyUI (at {DEFAULT_COMFYUI}) is not importable in this "
+                    "Python; run with the ComfyUI host's Python to smoke-test the load benchmark")
+def test_load_benchmark_loads_each_weight_dtype_in_a_child_and_reports_memory(tmp_path):
+    from benchmarks import load_memory
+
+    models = tmp_path / "models"
+    assert load_memory.main(["--make-models", str(models), "--layers", "2", "--tiny"]) == 0
+    out = tmp_path / "load.json"
+    assert load_memory.main(["--models", str(models), "--implementations", "pack", "--json", str(out)]) == 0
+    rows = {(row["file_format"], row["weight_dtype"]): row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("fp8", "default"), ("fp8", "bf16"), ("bf16", "default"), ("bf16", "fp8")}
+    # The loader's dtype choices (compute dtype bf16, as on a GPU host) show in the built models' parameters.
+    assert "float8_e4m3fn" in rows["fp8", "default"]["parameter_dtypes"]
+    assert rows["fp8", "bf16"]["parameter_dtypes"] == ["bfloat16"]
+    assert rows["bf16", "default"]["parameter_dtypes"] == ["bfloat16"]
+    assert "float8_e4m3fn" in rows["bf16", "fp8"]["parameter_dtypes"]
+    assert all(row["peak_gib"] >= row["held_gib"] and row["seconds"] > 0 for row in rows.values())
