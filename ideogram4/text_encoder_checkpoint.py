@@ -7,7 +7,8 @@ Accepted (all through :func:`load_text_encoder`):
   bf16/fp32; the repository root holding ``text_encoder/`` works too;
 * the official ``ideogram-ai/ideogram-4-fp8`` ``text_encoder/`` (``"ideogram_fp8_weight_only": true``): Linear
   weights float8_e4m3fn ``(out, in)`` + ``<name>.weight_scale`` float32 ``(out,)``, de-quantised once at load
-  exactly like the official ``Fp8Linear`` (:func:`ideogram4.quantization.dequantize_fp8_rowwise`);
+  exactly like the official ``Fp8Linear`` (:func:`ideogram4.quantization.dequantize_fp8_rowwise`), or kept in fp8
+  for per-call de-quantisation (``keep_fp8_with``, as the ComfyUI nodes load it);
 * ComfyUI single files such as Comfy-Org's ``qwen3vl_8b_fp8_scaled.safetensors``: any key prefix in front of
   ``embed_tokens``/``layers.N`` (``model.language_model.``, ``model.``, ...), ``<layer>.comfy_quant`` +
   per-tensor ``<layer>.weight_scale`` (or the older ``.scale_weight``) fp8, unscaled fp8 taken as is.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import pathlib
 import re
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -37,6 +39,7 @@ from .quantization import (
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
+    rowwise_scale_from_per_tensor,
 )
 from .safetensors_io import (
     SAFETENSORS_DTYPES,
@@ -245,9 +248,10 @@ def _weight_sidecars(key: str, entries: dict) -> dict[str, str]:
     return {role: sidecar for role, sidecar in roles.items() if sidecar in entries}
 
 
-def _dequantize(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor], dtype: torch.dtype,
-                label: str) -> torch.Tensor:
-    """One stored tensor -> ``dtype``, following its quantisation sidecars (see the module docstring)."""
+def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor], label: str
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A stored tensor and its quantisation sidecars -> (weight, scale or None): the weight as stored (uint8 bytes
+    of old ComfyUI files viewed as their fp8 dtype), the scale as stored (one value or per row)."""
     where = f"{label}: {key}"
     if "comfy_quant" in sidecars:
         quant_key = where[: -len("weight")] + "comfy_quant"
@@ -261,18 +265,32 @@ def _dequantize(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
             weight = weight.view(COMFY_FP8_FORMATS[quant_format])
     scale = sidecars.get("weight_scale", sidecars.get("scale_weight"))
     if scale is None:
-        # Unscaled fp8 (or plain float) weights are used as stored, as ComfyUI does.
-        return weight.to(dtype)
+        return weight, None
     if weight.dtype not in FP8_DTYPES:
         raise CheckpointError(f"{where}: has a weight scale but is stored as {weight.dtype}, not float8.")
-    if scale.numel() == 1:
-        return dequantize_fp8_per_tensor(weight, scale, dtype)
-    if weight.dim() == 2 and scale.shape == (weight.shape[0],):
-        return dequantize_fp8_rowwise(weight, scale, dtype)
+    if scale.numel() == 1 or (weight.dim() == 2 and scale.shape == (weight.shape[0],)):
+        return weight, scale
     raise CheckpointError(
         f"{where}: weight scale of shape {tuple(scale.shape)} fits neither per-tensor (one value) nor per-row "
         f"({weight.shape[0]},) scaling of a weight of shape {tuple(weight.shape)}."
     )
+
+
+def _dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A stored weight and its scale (from :func:`_scaled_fp8`) -> ``dtype`` (see the module docstring)."""
+    if scale is None:
+        # Unscaled fp8 (or plain float) weights are used as stored, as ComfyUI does.
+        return weight.to(dtype)
+    if scale.numel() == 1:
+        return dequantize_fp8_per_tensor(weight, scale, dtype)
+    return dequantize_fp8_rowwise(weight, scale, dtype)
+
+
+def _row_scale(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The per-row float32 ``(out,)`` scale equivalent to ``scale`` (per tensor or per row) for ``weight``."""
+    if scale.numel() == 1:
+        return rowwise_scale_from_per_tensor(scale, weight.shape[0])
+    return scale.reshape(-1).to(torch.float32)
 
 
 def _check_shapes(expected: dict[str, tuple[int, ...]], entries: dict, layout: TextEncoderLayout) -> None:
@@ -299,11 +317,18 @@ def load_text_encoder_model(
     dtype: torch.dtype = torch.bfloat16,
     device=None,
     operations=None,
+    keep_fp8_with: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
 ) -> tuple[Qwen3VLTextEncoder, TextEncoderLayout]:
     """Build the encoder and fill it from ``path`` (fp8 weights de-quantised to ``dtype`` once).
 
     The model is built on the meta device and the loaded tensors are assigned, so no second copy of the
     weights exists; tensors are streamed one at a time and converted on ``device`` (default CPU).
+
+    keep_fp8_with: keep scaled fp8 Linear weights in fp8 (half the memory of bf16) instead of de-quantising them:
+    each such Linear is first passed to ``keep_fp8_with(linear, row_scale)`` (``row_scale`` (out,) float32), which
+    must make it hold an fp8 ``weight`` and a ``weight_scale`` Parameter and de-quantise per call with the official
+    rule (:func:`ideogram4.quantization.dequantize_fp8_rowwise`); a per-tensor scale becomes the equivalent
+    per-row one. The ComfyUI nodes pass their fp8 layer maker.
     """
     layout = inspect_text_encoder_checkpoint(path)
     source = open_source(layout.path)
@@ -322,9 +347,17 @@ def load_text_encoder_model(
         key = file_key[len(layout.prefix):]
         sidecars = {role: sidecar_values[k] for role, k in sidecar_keys[key].items()}
         tensor = tensor.to(target_device)
-        if tensor.is_floating_point() or sidecars:
-            tensor = _dequantize(file_key, tensor, sidecars, dtype, label)
-        state_dict[key] = tensor
+        if not (tensor.is_floating_point() or sidecars):
+            state_dict[key] = tensor
+            continue
+        weight, scale = _scaled_fp8(file_key, tensor, sidecars, label)
+        layer = key.rpartition(".")[0]
+        if keep_fp8_with is not None and scale is not None and isinstance(model.get_submodule(layer), torch.nn.Linear):
+            row_scale = _row_scale(weight, scale).to(target_device)
+            keep_fp8_with(model.get_submodule(layer), row_scale)
+            state_dict[key], state_dict[layer + ".weight_scale"] = weight, row_scale
+        else:
+            state_dict[key] = _dequantize(weight, scale, dtype)
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
@@ -337,17 +370,20 @@ def load_text_encoder(
     device=None,
     operations=None,
     tokenizer_dir: str | pathlib.Path | None = None,
+    keep_fp8_with: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
 ) -> LoadedTextEncoder:
     """Load the Qwen3-VL text encoder and its tokenizer.
 
     path: a file, shard index or folder in one of the layouts of the module docstring. dtype: weight and
     compute dtype (bf16 = official). operations: layer namespace (:mod:`ideogram4.ops`). tokenizer_dir: the
     tokenizer folder; when None, a ``tokenizer/`` folder beside the weights, else a ComfyUI host's
-    ``qwen25_tokenizer`` (:func:`ideogram4.tokens.find_tokenizer_dir`).
+    ``qwen25_tokenizer`` (:func:`ideogram4.tokens.find_tokenizer_dir`). keep_fp8_with: see
+    :func:`load_text_encoder_model`.
     """
     # Find the tokenizer before reading gigabytes of weights, so a missing one fails fast.
     found_tokenizer_dir = find_tokenizer_dir(weights_path=path, tokenizer_dir=tokenizer_dir)
-    encoder, layout = load_text_encoder_model(path, dtype=dtype, device=device, operations=operations)
+    encoder, layout = load_text_encoder_model(path, dtype=dtype, device=device, operations=operations,
+                                              keep_fp8_with=keep_fp8_with)
     return LoadedTextEncoder(
         encoder=encoder, tokenizer=load_tokenizer(found_tokenizer_dir), layout=layout,
         tokenizer_dir=found_tokenizer_dir,

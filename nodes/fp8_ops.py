@@ -1,4 +1,4 @@
-"""Keeping DiT Linear weights in fp8 inside ComfyUI and de-quantising them per layer at cast time.
+"""Keeping Linear weights in fp8 inside ComfyUI (DiT and text encoder) and de-quantising them per layer at cast time.
 
 A Linear whose weight is stored as float8 carries a per-row ``weight_scale`` float32 ``(out,)``. Every call casts
 the weight to the compute dtype ``dt`` through ComfyUI's ``cast_bias_weight`` (which also streams it from the
@@ -28,7 +28,15 @@ HAS_UNCAST = hasattr(comfy.ops, "uncast_bias_weight")
 
 
 class Ideogram4Fp8Ops(comfy.ops.manual_cast):
-    """``comfy.ops.manual_cast`` whose Linear may hold an fp8 weight plus a per-row ``weight_scale``."""
+    """``comfy.ops.manual_cast`` whose Linear may hold an fp8 weight plus a per-row ``weight_scale``.
+
+    Linear and Embedding always hold their weights from construction (PyTorch's own state-dict loading), as in
+    :class:`compat.EagerLoadOps`, so the core loaders can list and assign every key under dynamic VRAM too.
+    """
+
+    class Embedding(comfy.ops.manual_cast.Embedding):
+        def _load_from_state_dict(self, *args, **kwargs):
+            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
     class Linear(comfy.ops.manual_cast.Linear):
         # fp8 layers get a ``weight_scale`` Parameter (out,) float32 from make_fp8_layer; plain layers have none.

@@ -257,6 +257,46 @@ def test_comfy_single_fp8_file_equals_model_from_dequantised_weights(full_state,
     assert_only_language_model_layers_read(materialised, text_prefix)
 
 
+def keep_fp8_linear(linear: torch.nn.Linear, row_scale: torch.Tensor) -> None:
+    """A core-only stand-in for the nodes' fp8 layer maker: the Linear holds an fp8 weight and a per-row scale
+    and de-quantises per call with the official rule."""
+    from ideogram4.quantization import dequantize_fp8_rowwise
+
+    linear.weight = torch.nn.Parameter(torch.empty(linear.weight.shape, dtype=torch.float8_e4m3fn,
+                                                   device=linear.weight.device), requires_grad=False)
+    linear.weight_scale = torch.nn.Parameter(row_scale.clone(), requires_grad=False)
+
+    def forward(x):
+        weight = dequantize_fp8_rowwise(linear.weight, linear.weight_scale, x.dtype)
+        return torch.nn.functional.linear(x, weight, linear.bias)
+
+    linear.forward = forward
+
+
+@pytest.mark.parametrize("layout", ["comfy_per_tensor", "official_rowwise"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_fp8_weights_kept_in_fp8_give_the_features_of_the_one_time_dequantisation(full_state, hf_model, tmp_path,
+                                                                                  layout, dtype):
+    if layout == "comfy_per_tensor":
+        path = tmp_path / "qwen3vl_8b_fp8_scaled.safetensors"
+        write_comfy_fp8_file(full_state, path, HF_PREFIX)
+    else:
+        path = tmp_path / "text_encoder"
+        write_official_fp8_folder(full_state, hf_model, path)
+
+    kept, _ = load_text_encoder_model(path, dtype=dtype, keep_fp8_with=keep_fp8_linear)
+    dequantised, _ = load_text_encoder_model(path, dtype=dtype)
+
+    q_proj = kept.layers[1].self_attn.q_proj
+    assert q_proj.weight.dtype == torch.float8_e4m3fn
+    assert q_proj.weight_scale.dtype == torch.float32 and q_proj.weight_scale.shape == (q_proj.out_features,)
+    assert kept.embed_tokens.weight.dtype == dtype  # only Linear weights stay fp8
+    if layout == "comfy_per_tensor":  # one scale per tensor becomes the same value on every row
+        assert torch.equal(q_proj.weight_scale, q_proj.weight_scale[:1].expand_as(q_proj.weight_scale))
+        assert kept.layers[0].mlp.up_proj.weight.dtype == dtype  # stored unquantised in this "mixed" file
+    assert torch.equal(features_of(kept), features_of(dequantised))
+
+
 def test_a_comfy_quant_format_other_than_fp8_is_refused(full_state, tmp_path):
     path = tmp_path / "qwen3vl_8b_nvfp4.safetensors"
     write_comfy_fp8_file(full_state, path, "model.")
