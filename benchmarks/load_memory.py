@@ -6,15 +6,20 @@
 Each case loads the conditional and the unconditional file in a fresh child process, the way the nodes do:
 
 * ``pack <file> <weight_dtype>``: the pack's ``dit_loader.load_dit_patchers`` (what the DiT Loader node runs);
-* ``native <file>``: ``comfy.sd.load_diffusion_model`` twice (what ComfyUI's Load Diffusion Model node runs).
+* ``native <file>``: ``comfy.sd.load_diffusion_model`` twice (what ComfyUI's Load Diffusion Model node runs);
+* ``pack-text-encoder``: the text encoder alone, through the Text Encoder Loader's ``load_text_encoder_for_comfy``.
 
-and reports the load time and the process's **anonymous** resident memory (``RssAnon``: memory the process owns;
-the page cache of the memory-mapped files is not counted, since the system can drop it) above what it held before
-loading: the peak during the load (sampled every 5 ms) and what stays held once both models are built.
+and reports the load time and the process's **anonymous** resident memory (``RssAnon``: memory the process owns)
+above what it held before loading: the peak during the load (sampled every 5 ms) and what stays held once the
+models are built and every weight page has been read once (as the first run will); and beside it the pages of the
+memory-mapped files the models use (``RssFile``, "+ file": weights assigned straight from the file; the system can
+drop and re-read those pages); and "weights": the bytes of the models' parameters and buffers, what ComfyUI moves to
+the GPU.
 
 Files (``--make-models DIR``): the Comfy-Org layout at the released widths with ``--layers`` blocks (the full
 model has 34): ``mid_{cond,uncond}_fp8.safetensors`` (block Linear weights fp8 with a per-tensor scale, the rest
-bf16) and ``mid_{cond,uncond}_bf16.safetensors``. Per-block figures scale linearly to the full model.
+bf16) and ``mid_{cond,uncond}_bf16.safetensors``; ``mid_text_encoder_fp8.safetensors``: the Comfy-Org text-encoder
+layout (decoder Linear weights scaled fp8) with all 36 layers at a quarter of the 8B encoder's width.
 
 ``--compute-dtype bf16`` makes a CPU host load the way a GPU host does (the pack computes in bf16 where the device
 supports it; on a CPU ComfyUI picks float32, which casts every bf16 weight); ``host`` keeps the host's choice.
@@ -43,12 +48,22 @@ FORMATS = ("fp8", "bf16")
 CASES = (
     ("pack", "fp8", "default"), ("native", "fp8", None), ("pack", "fp8", "bf16"),
     ("pack", "bf16", "default"), ("native", "bf16", None), ("pack", "bf16", "fp8"),
+    ("pack-text-encoder", "fp8", None),
 )
+TEXT_ENCODER_FILE = "mid_text_encoder_fp8.safetensors"
 GIB = 2 ** 30
 
 
 def file_pair(models: pathlib.Path, file_format: str) -> tuple[pathlib.Path, pathlib.Path]:
     return models / f"mid_cond_{file_format}.safetensors", models / f"mid_uncond_{file_format}.safetensors"
+
+
+def mid_text_encoder_config():
+    """All 36 layers (the taps reach layer 35) at a quarter of the 8B encoder's width: 0.63 B parameters."""
+    from ideogram4.text_encoder import Qwen3VLTextConfig
+
+    return Qwen3VLTextConfig(hidden_size=1024, intermediate_size=3072, num_hidden_layers=36, num_attention_heads=8,
+                             num_key_value_heads=2, head_dim=128)
 
 
 def make_models(models: pathlib.Path, layers: int, tiny: bool = False) -> None:
@@ -59,7 +74,7 @@ def make_models(models: pathlib.Path, layers: int, tiny: bool = False) -> None:
     from safetensors.torch import save_file
 
     from ideogram4.dit_config import DiTConfig
-    from tools.make_tiny_weights import TINY_DIT_CONFIG, dit_state_dict
+    from tools.make_tiny_weights import TINY_DIT_CONFIG, dit_state_dict, text_encoder_state_dict
 
     models.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(TINY_DIT_CONFIG if tiny else DiTConfig(), num_layers=layers)
@@ -72,17 +87,25 @@ def make_models(models: pathlib.Path, layers: int, tiny: bool = False) -> None:
             save_file(tensors, str(path))  # the loaders read the dimensions off the shapes
             del tensors
             print(f"[load_memory] wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+    path = models / TEXT_ENCODER_FILE
+    if not path.is_file():  # Comfy-Org layout: decoder Linear weights per-tensor scaled fp8, the rest bf16
+        save_file(text_encoder_state_dict(0, **({} if tiny else {"config": mid_text_encoder_config()})), str(path))
+        print(f"[load_memory] wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
 
 
 # ------------------------------------------------------------------------------------------------------ one case (child)
 
-def anonymous_resident_bytes() -> int:
-    """RssAnon of this process (Linux), in bytes."""
+def resident_bytes(kind: str = "RssAnon") -> int:
+    """``kind`` (RssAnon: memory the process owns; RssFile: file pages mapped in) of this process (Linux), bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("RssAnon:"):
+            if line.startswith(kind + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("load_memory needs Linux (/proc/self/status has no RssAnon line).")
+    raise RuntimeError(f"load_memory needs Linux (/proc/self/status has no {kind} line).")
+
+
+def anonymous_resident_bytes() -> int:
+    return resident_bytes("RssAnon")
 
 
 class PeakSampler:
@@ -108,6 +131,15 @@ class PeakSampler:
         self.peak = max(self.peak, anonymous_resident_bytes())
 
 
+def touch_every_page(module) -> None:
+    """Read one byte of every 4 KiB page of every parameter and buffer (no copy)."""
+    import torch
+
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.numel():
+            tensor.detach().reshape(-1).view(torch.uint8)[::4096].max()
+
+
 def run_case(args) -> dict:
     import torch
 
@@ -117,25 +149,37 @@ def run_case(args) -> dict:
     cond_path, uncond_path = file_pair(pathlib.Path(args.models), args.file_format)
     if args.compute_dtype == "bf16":
         nodes["dit_loader"].compute_dtype_for = lambda device: torch.bfloat16
+        comfy.model_management.should_use_bf16 = lambda *unused, **unused_kw: True  # the text encoder's choice
     native_options = {"dtype": torch.bfloat16} if args.compute_dtype == "bf16" else {}
 
     gc.collect()
-    before = anonymous_resident_bytes()
+    before, before_file = anonymous_resident_bytes(), resident_bytes("RssFile")
     started = time.perf_counter()
+    paths = (cond_path, uncond_path)
     with PeakSampler() as sampler:
         if args.implementation == "pack":
             models = nodes["dit_loader"].load_dit_patchers(str(cond_path), str(uncond_path), args.weight_dtype)
+        elif args.implementation == "pack-text-encoder":
+            paths = (pathlib.Path(args.models) / TEXT_ENCODER_FILE,)
+            models = (nodes["text_encoder_nodes"].load_text_encoder_for_comfy(str(paths[0])),)
         else:
             models = tuple(comfy.sd.load_diffusion_model(str(path), model_options=dict(native_options))
                            for path in (cond_path, uncond_path))
         seconds = time.perf_counter() - started
         gc.collect()
-    held = anonymous_resident_bytes()
-    weight_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in models[0].model.diffusion_model.parameters()})
+    module = models[0].patcher.model if hasattr(models[0], "patcher") else models[0].model.diffusion_model
+    modules = [loaded.patcher.model if hasattr(loaded, "patcher") else loaded.model for loaded in models]
+    for loaded_module in modules:  # read every weight page, as the first use will: memory-mapped weights then count
+        touch_every_page(loaded_module)
+    weight_bytes = sum(t.nbytes for m in modules for t in (*m.parameters(), *m.buffers()))
+    held, held_file = anonymous_resident_bytes(), resident_bytes("RssFile")
+    weight_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters()})
     return {"implementation": args.implementation, "file_format": args.file_format,
             "weight_dtype": args.weight_dtype or "-", "seconds": seconds, "peak_gib": (sampler.peak - before) / GIB,
-            "held_gib": (held - before) / GIB, "parameter_dtypes": weight_dtypes,
-            "file_gb": sum(path.stat().st_size for path in (cond_path, uncond_path)) / 1e9}
+            "held_gib": (held - before) / GIB, "held_file_gib": (held_file - before_file) / GIB,
+            "weights_gib": weight_bytes / GIB,
+            "parameter_dtypes": weight_dtypes,
+            "file_gb": sum(path.stat().st_size for path in paths) / 1e9}
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
@@ -152,7 +196,8 @@ def run_all(args) -> list[dict]:
     for implementation, file_format, weight_dtype in CASES:
         if file_format not in args.formats or implementation not in args.implementations:
             continue
-        warm_page_cache(file_pair(pathlib.Path(args.models), file_format))
+        warm_page_cache((*file_pair(pathlib.Path(args.models), file_format),
+                         pathlib.Path(args.models) / TEXT_ENCODER_FILE))
         command = [sys.executable, "-m", "benchmarks.load_memory", "--child", implementation, file_format,
                    weight_dtype or "-", "--models", args.models, "--comfyui", args.comfyui,
                    "--compute-dtype", args.compute_dtype, "--pack-root", args.pack_root]
@@ -167,13 +212,15 @@ def run_all(args) -> list[dict]:
 
 
 def print_table(rows: list[dict], compute_dtype: str) -> None:
-    print(f"\nLoading the cond + uncond DiT pair (compute dtype: {compute_dtype}); RssAnon above the pre-load level")
-    print(f"{'implementation':<15}{'file':<6}{'weight_dtype':<14}{'params':<32}{'load s':>8}{'peak GiB':>10}"
-          f"{'held GiB':>10}{'peak/held':>10}")
+    print(f"\nLoading the cond + uncond DiT pair (the text encoder alone for pack-text-encoder; compute dtype: "
+          f"{compute_dtype}); RssAnon above the pre-load level")
+    print(f"{'implementation':<19}{'file':<6}{'weight_dtype':<14}{'params':<32}{'load s':>8}{'peak GiB':>10}"
+          f"{'held GiB':>10}{'peak/held':>10}{'+ file GiB':>12}{'weights GiB':>13}")
     for row in rows:
-        print(f"{row['implementation']:<15}{row['file_format']:<6}{row['weight_dtype']:<14}"
+        print(f"{row['implementation']:<19}{row['file_format']:<6}{row['weight_dtype']:<14}"
               f"{','.join(row['parameter_dtypes']):<32}{row['seconds']:>8.1f}{row['peak_gib']:>10.2f}"
-              f"{row['held_gib']:>10.2f}{row['peak_gib'] / max(row['held_gib'], 1e-9):>10.2f}")
+              f"{row['held_gib']:>10.2f}{row['peak_gib'] / max(row['held_gib'], 1e-9):>10.2f}"
+              f"{row['held_file_gib']:>12.2f}{row['weights_gib']:>13.2f}")
 
 
 def main(argv=None) -> int:
@@ -186,7 +233,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pack-root", default=str(REPO_ROOT), help="checkout of the pack to load")
     parser.add_argument("--compute-dtype", choices=("host", "bf16"), default="bf16")
     parser.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
-    parser.add_argument("--implementations", nargs="+", choices=("pack", "native"), default=["pack", "native"],
+    parser.add_argument("--implementations", nargs="+", choices=("pack", "native", "pack-text-encoder"),
+                        default=["pack", "native", "pack-text-encoder"],
                         help="native needs the released widths (it reads its dimensions off the shapes)")
     parser.add_argument("--json", help="also write the rows here")
     parser.add_argument("--child", nargs=3, metavar=("IMPLEMENTATION", "FILE_FORMAT", "WEIGHT_DTYPE"),

@@ -6,6 +6,7 @@ see comfy_inprocess.py).
 * The weight-dtype choices of the DiT loader: fp8 files stay fp8 and give exactly the one-time de-quantisation's
   output, bf16 computes in bf16, fp8 quantises unquantised files.
 * Each model has its own patcher on the devices ComfyUI assigns to that kind of model.
+* The text encoder keeps scaled fp8 weights in fp8 and gives the features of the one-time de-quantisation.
 * Loading consumes the converted state dict layer by layer, so a converted copy of the model never exists whole
   beside the model.
 """
@@ -25,6 +26,20 @@ import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only
 
 GRID_H, GRID_W = 3, 4
 TIME = 0.3
+TEXT_ENCODER_FP8_FILE = "qwen3vl_tiny_fp8_scaled.safetensors"
+PROMPT = '{"high_level_description":"a red kite over a green hill"}'
+
+
+@pytest.fixture(scope="module")
+def add_model_files():
+    """A Comfy-Org-layout fp8 text encoder (per-tensor scaled fp8 decoder Linears) beside the float32 one."""
+    def add(models_dir):
+        from safetensors.torch import save_file
+
+        from tools.make_tiny_weights import text_encoder_state_dict
+
+        save_file(text_encoder_state_dict(seed=3), str(models_dir / "text_encoders" / TEXT_ENCODER_FP8_FILE))
+    return add
 
 
 def load_pair(host, cond_file, uncond_file, weight_dtype):
@@ -113,6 +128,33 @@ def test_fp8_choice_quantises_an_unquantised_file(host, models):
     quantised = velocity(dit)
     relative = (quantised - exact).norm() / exact.norm()
     assert 0 < relative < 0.1
+
+
+def test_text_encoder_keeps_fp8_weights_and_gives_the_features_of_the_one_time_dequantisation(host, models):
+    from ideogram4.text_encoder_checkpoint import load_text_encoder
+
+    nodes = host.nodes
+    (encoder,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncoderLoader,
+                                          text_encoder_name=TEXT_ENCODER_FP8_FILE)
+    q_proj = encoder.loaded.encoder.layers[0].self_attn.q_proj
+    assert q_proj.weight.dtype == torch.float8_e4m3fn and q_proj.weight_scale.dtype == torch.float32
+    assert encoder.loaded.encoder.embed_tokens.weight.dtype == torch.float32  # stored bf16: cast, not quantised
+    path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
+    dequantised_at_load = load_text_encoder(path, dtype=torch.float32)
+    assert dequantised_at_load.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    assert torch.equal(encoder.encode(PROMPT), dequantised_at_load.encode([PROMPT])[0])
+
+
+def test_text_encoder_fp8_layers_in_bf16_match_the_official_dequantisation_bit_for_bit(host, models):
+    from ideogram4.text_encoder_checkpoint import load_text_encoder
+
+    fp8_ops = host.nodes.fp8_ops
+    path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
+    kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4Fp8Ops,
+                             keep_fp8_with=fp8_ops.make_fp8_layer)
+    assert kept.encoder.layers[35].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
+    dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16)
+    assert torch.equal(kept.encode([PROMPT])[0], dequantised_at_load.encode([PROMPT])[0])
 
 
 def test_loading_releases_each_tensor_once_its_layer_holds_it(host):
