@@ -4,7 +4,7 @@
 #   HERE:  bash benchmarks/prepare_gpu_upload.sh step            # wheels + ComfyUI sources into .whl/ (58 MB)
 #   THERE: bash benchmarks/gpu_run.sh                            # device tool: carry [".whl"], timeout_s 600
 #
-# Phases (PHASES="check main" by default; each under its own time limit, each writing its JSON as it
+# Phases (PHASES="check main fp8" by default; each under its own time limit, each writing its JSON as it
 # goes, so a phase that runs out of time keeps what it measured and the next phase still runs):
 #   check    fp32, small config, 512^2: pack vs native vs diffusers agree to rounding (catches convention slips
 #            in seconds, before the full-size run)                                            ~30 s (limit 90 s)
@@ -13,25 +13,28 @@
 #            comfy.ops layers, as inside ComfyUI), its lever
 #            variants (SDPA backends, fused norm+RoPE, two streams, CUDA graphs, manual RMSNorm), ComfyUI native
 #            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 300 s)
+#   fp8      the block Linears of one step at 1024^2 and 2048^2 with bf16 weights, fp8 weights de-quantised per call
+#            (weight_dtype default/fp8) and fp8 matrix multiplies (fp8_fast): seconds and error     ~20 s (limit 60 s)
 #   compile  torch.compile of the block (opt-in lever: costs compile time) with cuDNN attention, with the eager
 #            bf16 rounding kept (emulate_precision_casts) and without it (fastcasts), against native
 #            (limit 200 s: 1024^2 first, 2048^2 if time is left)
 #   memory   (not in the default list; needs `prepare_gpu_upload.sh memory` instead of `step`) the whole pipeline
 #            at 1024^2, V4_DEFAULT_20, fp8 weights, under ComfyUI model management capped at 24 and 12 GiB; writes
 #            ~28 GB of random full-size stand-in files to /tmp/i4-models first (limit 560 s)
-# Device time is 15 min per session, machine start included: run PHASES="check main" (<= 390 s), then at once,
+# Device time is 15 min per session, machine start included: run the default phases (<= 450 s), then at once,
 # while the machine is still warm, PHASES=compile (<= 200 s). The memory phase needs a session of its own.
-# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
+# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/fp8.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
 # are printed at the end of each phase. Copy the figures into benchmarks/RESULTS.md with the card and the date.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
-PHASES="${PHASES:-check main}"
+PHASES="${PHASES:-check main fp8}"
 VARIANTS="${VARIANTS:-sdpa=flash,sdpa=cudnn,sdpa=efficient,normrope,sdpa=cudnn+normrope,streams,graphs,rmsnorm=manual}"
 PY="${PYTHON:-python3}"
 # Dry run on a CPU (checks this script end to end in minutes; the CUDA-only variants fail and are reported as such):
 #   DEVICE=cpu CONFIG=tiny CHECK_CONFIG=tiny SIZES="32 64" CHECK_SIZE=32 EXTRA_ARGS="--threads 1" SKIP_WHEELS=1 \
+#   FP8_ARGS="--width-divisor 16 --repeats 1" \
 #   PYTHON=~/comfy/ComfyUI/.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_run.sh
 DEVICE="${DEVICE:-cuda}"
 CONFIG="${CONFIG:-full}"
@@ -70,6 +73,9 @@ for phase in $PHASES; do
         --implementations pack,pack-comfyops,native,diffusers \
         --repeats 5 --warmup 2 --pack-variants "$VARIANTS" $EXTRA_ARGS --json "$OUT/results.json" 2>&1 | tee "$OUT/main.log" \
         || status=1 ;;
+    fp8)
+      timeout 60 "$PY" -m benchmarks.fp8_linear --device "$DEVICE" --sizes $SIZES ${FP8_ARGS:-} --json "$OUT/fp8.json" 2>&1 \
+        | tee "$OUT/fp8.log" || status=1 ;;
     compile)
       timeout 200 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
         --repeats 5 --warmup 2 --implementations pack,native --pack-variants "sdpa=cudnn+compile,sdpa=cudnn+compile+fastcasts" \
@@ -78,7 +84,7 @@ for phase in $PHASES; do
       # needs the other upload: bash benchmarks/prepare_gpu_upload.sh memory
       timeout 560 "$PY" -m benchmarks.memory_tiers --device "$DEVICE" --make-models "${MEMORY_MODELS:-full}" \
         --models-dir /tmp/i4-models-"${MEMORY_MODELS:-full}" --caps 24 12 --size "${MEMORY_SIZE:-1024}" --runs 2 --timeout 240 --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" || status=1 ;;
-    *) echo "gpu_run: unknown phase $phase (check, main, compile, memory)" >&2; status=2 ;;
+    *) echo "gpu_run: unknown phase $phase (check, main, fp8, compile, memory)" >&2; status=2 ;;
   esac
 done
 exit $status

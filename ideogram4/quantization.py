@@ -11,6 +11,9 @@
   reference (PyTorch) kernel de-quantises as ``weight.to(dtype) * scale.to(dtype)``; that is what
   :func:`dequantize_fp8_per_tensor` does. (ComfyUI's CUDA/Triton kernels multiply in float32 and round
   once, which can differ by one bf16 ulp; ComfyUI's own result therefore depends on the backend.)
+
+:func:`fp8_matmul_linear` is the opt-in approximate alternative to de-quantising: the activations are quantised
+per row too and the product runs as one fp8 matrix multiply (``torch._scaled_mm``).
 """
 
 from __future__ import annotations
@@ -85,3 +88,32 @@ def rowwise_scale_from_per_tensor(scale: torch.Tensor, rows: int) -> torch.Tenso
     scale in float32 before rounding it to the compute dtype, as the per-row formula does).
     """
     return scale.reshape(()).to(torch.float32).expand(rows).contiguous()
+
+
+def supports_fp8_matmul(device) -> bool:
+    """Whether ``torch._scaled_mm`` with per-row scales runs on ``device``: CPUs, and NVIDIA GPUs of compute
+    capability 8.9 or newer (RTX 40xx, L40, H100 and later)."""
+    device = torch.device(device)
+    if not hasattr(torch, "_scaled_mm"):
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and torch.version.cuda is not None and \
+        torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def fp8_matmul_linear(input: torch.Tensor, weight_fp8: torch.Tensor, bias, weight_scale: torch.Tensor) -> torch.Tensor:
+    """``input @ W.T + bias`` as one fp8 matrix multiply: each input row is scaled by its max |x| / 448 (rounded to
+    the input dtype) and cast to float8_e4m3fn; ``torch._scaled_mm`` accumulates in float32 and applies both
+    per-row scales. Approximate: the activations keep 3 mantissa bits (about 3 % relative error per layer on
+    random data, against about 2 % for the weight-only de-quantisation)."""
+    shape = input.shape
+    rows = input.reshape(-1, shape[-1])
+    row_scale = (rows.abs().amax(dim=1, keepdim=True) / FP8_E4M3_MAX).clamp(min=1e-12).to(rows.dtype)
+    rows_fp8 = (rows / row_scale).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(weight_fp8.dtype)
+    scale_b = weight_scale.to(device=rows.device, dtype=torch.float32).reshape(1, -1)
+    out = torch._scaled_mm(rows_fp8, weight_fp8.t(), scale_a=row_scale.float(), scale_b=scale_b,
+                           out_dtype=input.dtype)
+    if bias is not None:
+        out = out + bias
+    return out.reshape(*shape[:-1], weight_fp8.shape[0])

@@ -7,11 +7,14 @@ Weight dtype choices (compute dtype: bf16 where the load device supports it, the
 * ``bf16``: every weight de-quantised / cast to bf16 once at load (the official pipeline's memory layout);
   computes in bf16.
 * ``fp8``: every block Linear held in fp8 with a per-row scale; unquantised files are quantised per row (lossy).
+* ``fp8_fast`` (opt-in, approximate): as ``fp8``, and the block Linears multiply in fp8 (activations quantised per
+  token, :func:`ideogram4.quantization.fp8_matmul_linear`) on GPUs that have fp8 matrix multiplies; elsewhere as ``fp8``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -21,13 +24,14 @@ from comfy_api.latest import io
 
 from ..ideogram4.compile import compile_transformer_blocks
 from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
+from ..ideogram4.quantization import supports_fp8_matmul
 
 from . import compat
 from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, quantize_rowwise, refuse_lora_on_fp8
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .settings import CATEGORY
 
-WEIGHT_DTYPES = ["default", "bf16", "fp8"]
+WEIGHT_DTYPES = ["default", "bf16", "fp8", "fp8_fast"]
 MODEL_FOLDER = "diffusion_models"
 
 
@@ -91,7 +95,7 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
         raise ValueError(f"Ideogram 4 DiT Loader: weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}.")
     load_device = comfy.model_management.get_torch_device()
     compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else compute_dtype_for(load_device)
-    keep_fp8, quantize = weight_dtype != "bf16", weight_dtype == "fp8"
+    keep_fp8, quantize = weight_dtype != "bf16", weight_dtype in ("fp8", "fp8_fast")
 
     cond_checkpoint = load_dit_checkpoint(cond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
     cond_config = cond_checkpoint.config
@@ -108,7 +112,23 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
             f"({differences}). Both Ideogram 4 transformers must have the same architecture; pick the matching "
             "pair (e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
         )
-    return cond, build_dit_patcher(uncond_checkpoint, compute_dtype, quantize, load_device)
+    uncond = build_dit_patcher(uncond_checkpoint, compute_dtype, quantize, load_device)
+    if weight_dtype == "fp8_fast":
+        enable_fp8_matmul((cond, uncond), load_device)
+    return cond, uncond
+
+
+def enable_fp8_matmul(patchers, load_device) -> None:
+    """Switch every fp8 block Linear of ``patchers`` to fp8 matrix multiplies where ``load_device`` has them."""
+    if not supports_fp8_matmul(load_device):
+        logging.warning("Ideogram 4 DiT Loader: weight_dtype fp8_fast needs fp8 matrix multiplies (an NVIDIA GPU of "
+                        "compute capability 8.9 or newer); %s has none, so the weights are used as with fp8.",
+                        load_device)
+        return
+    for patcher in patchers:
+        for module in patcher.model.diffusion_model.modules():
+            if getattr(module, "weight_scale", None) is not None:
+                module.fp8_compute = True
 
 
 class DiTLoader(io.ComfyNode):
@@ -132,7 +152,9 @@ class DiTLoader(io.ComfyNode):
                                tooltip="default: keep fp8 files in fp8 (de-quantised per layer, same result as "
                                        "bf16), others in the compute dtype. bf16: de-quantise everything once "
                                        "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
-                                       "lossy). LoRAs on fp8-stored layers are refused: use bf16 with LoRAs."),
+                                       "lossy). fp8_fast: as fp8, and multiply in fp8 on GPUs that can (RTX 40xx, "
+                                       "H100 and newer); faster, approximate (not the official bf16 maths). LoRAs "
+                                       "on fp8-stored layers are refused: use bf16 with LoRAs."),
                 io.Boolean.Input("compile_blocks", default=False,
                                  tooltip="Compile the transformer blocks with torch.compile (opt-in). The first "
                                          "sampling run at each size compiles (slow), later steps run faster; "

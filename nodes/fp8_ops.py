@@ -19,6 +19,8 @@ import comfy.ops
 import torch
 import torch.nn.functional as F
 
+from ..ideogram4.quantization import fp8_matmul_linear
+
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 FP8_E4M3_MAX = 448.0
 LORA_ON_FP8_MESSAGE = ("Ideogram 4: LoRA on fp8-stored weights is not supported; set the DiT Loader's weight_dtype "
@@ -52,6 +54,8 @@ class Ideogram4Fp8Ops(comfy.ops.manual_cast):
                 return super().forward_comfy_cast_weights(input, *args, **kwargs)
             if getattr(self, "weight_function", None) or getattr(self, "weight_lowvram_function", None):
                 raise ValueError(LORA_ON_FP8_MESSAGE)
+            if getattr(self, "fp8_compute", False) and self.weight.dtype == FP8_STORAGE_DTYPE:
+                return self._forward_fp8_matmul(input, weight_scale)
             if not HAS_UNCAST:
                 weight, bias = comfy.ops.cast_bias_weight(self, input)  # hosts before the offloadable API
                 return _scaled_linear(input, weight, bias, weight_scale)
@@ -59,6 +63,18 @@ class Ideogram4Fp8Ops(comfy.ops.manual_cast):
             weight, bias, offload_stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
             try:
                 return _scaled_linear(input, weight, bias, weight_scale)
+            finally:
+                comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
+
+        def _forward_fp8_matmul(self, input, weight_scale):
+            """The opt-in fp8-compute path (``fp8_fast``): the weight is moved in fp8, never de-quantised."""
+            if not HAS_UNCAST:
+                weight, bias = comfy.ops.cast_bias_weight(self, input, dtype=self.weight.dtype, bias_dtype=input.dtype)
+                return fp8_matmul_linear(input, weight, bias, weight_scale)
+            weight, bias, offload_stream = comfy.ops.cast_bias_weight(self, input, dtype=self.weight.dtype,
+                                                                      bias_dtype=input.dtype, offloadable=True)
+            try:
+                return fp8_matmul_linear(input, weight, bias, weight_scale)
             finally:
                 comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
 

@@ -4,7 +4,7 @@ see comfy_inprocess.py).
 * A partial load (``ModelPatcher.load`` with less memory than the model needs) streams the layers that did not
   fit through comfy.ops casting; the output stays bit-identical to the fully loaded model.
 * The weight-dtype choices of the DiT loader: fp8 files stay fp8 and give exactly the one-time de-quantisation's
-  output, bf16 computes in bf16, fp8 quantises unquantised files.
+  output, bf16 computes in bf16, fp8 quantises unquantised files, fp8_fast multiplies in fp8.
 * Each model has its own patcher on the devices ComfyUI assigns to that kind of model.
 * The text encoder keeps scaled fp8 weights in fp8 and gives the features of the one-time de-quantisation.
 * Loading consumes the converted state dict layer by layer, so a converted copy of the model never exists whole
@@ -203,6 +203,17 @@ def test_loading_names_the_keys_that_do_not_fit(host, change, message):
             state[key] = value
     with pytest.raises(ValueError, match=message):
         compat.load_weights(patcher, dit, state)
+
+
+def test_fp8_fast_multiplies_block_linears_in_fp8_close_to_the_weight_only_fp8(host, models):
+    fast, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "fp8_fast")
+    weight_only, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "default")
+    dit = fast.model.diffusion_model
+    assert dit.layers[0].attention.qkv.fp8_compute and dit.layers[1].feed_forward.w2.fp8_compute
+    assert not getattr(dit.input_proj, "fp8_compute", False)  # only the block Linears are fp8
+    reference = velocity(weight_only.model.diffusion_model)
+    relative = float((velocity(dit) - reference).norm() / reference.norm())
+    assert 0 < relative < 0.1  # approximate: the activations are quantised too
 
 
 def test_each_model_has_its_own_patcher_on_the_devices_comfy_assigns(host, models):

@@ -85,7 +85,8 @@ def test_widget_defaults_and_choices(registered):
     assert (sampler["width"].step, sampler["height"].step) == (16, 16)
     assert sampler["latent"].optional and sampler["denoise"].optional and sampler["denoise"].default == 1.0
     loader = {entry.id: entry for entry in registered["Ideogram4RefDiTLoader"].GET_SCHEMA().inputs}
-    assert loader["weight_dtype"].options == ["default", "bf16", "fp8"] and loader["weight_dtype"].default == "default"
+    assert loader["weight_dtype"].options == ["default", "bf16", "fp8", "fp8_fast"]
+    assert loader["weight_dtype"].default == "default"
     assert loader["compile_blocks"].default is False and loader["compile_blocks"].tooltip  # opt-in
     encode = {entry.id: entry for entry in registered["Ideogram4RefTextEncode"].GET_SCHEMA().inputs}
     assert encode["prompt"].multiline

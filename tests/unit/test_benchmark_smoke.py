@@ -107,12 +107,35 @@ def test_load_benchmark_loads_each_weight_dtype_in_a_child_and_reports_memory(tm
     models = tmp_path / "models"
     assert load_memory.main(["--make-models", str(models), "--layers", "2", "--tiny"]) == 0
     out = tmp_path / "load.json"
-    assert load_memory.main(["--models", str(models), "--implementations", "pack", "--json", str(out)]) == 0
-    rows = {(row["file_format"], row["weight_dtype"]): row for row in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {("fp8", "default"), ("fp8", "bf16"), ("bf16", "default"), ("bf16", "fp8")}
-    # The loader's dtype choices (compute dtype bf16, as on a GPU host) show in the built models' parameters.
-    assert "float8_e4m3fn" in rows["fp8", "default"]["parameter_dtypes"]
-    assert rows["fp8", "bf16"]["parameter_dtypes"] == ["bfloat16"]
-    assert rows["bf16", "default"]["parameter_dtypes"] == ["bfloat16"]
-    assert "float8_e4m3fn" in rows["bf16", "fp8"]["parameter_dtypes"]
+    assert load_memory.main(["--models", str(models), "--implementations", "pack", "pack-text-encoder",
+                              "--json", str(out)]) == 0
+    rows = {(row["implementation"], row["file_format"], row["weight_dtype"]): row
+            for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("pack", "fp8", "default"), ("pack", "fp8", "bf16"), ("pack", "bf16", "default"),
+                         ("pack", "bf16", "fp8"), ("pack-text-encoder", "fp8", "-")}
+    # The loaders' dtype choices (compute dtype bf16, as on a GPU host) show in the built models' parameters.
+    assert "float8_e4m3fn" in rows["pack", "fp8", "default"]["parameter_dtypes"]
+    assert rows["pack", "fp8", "bf16"]["parameter_dtypes"] == ["bfloat16"]
+    assert rows["pack", "bf16", "default"]["parameter_dtypes"] == ["bfloat16"]
+    assert "float8_e4m3fn" in rows["pack", "bf16", "fp8"]["parameter_dtypes"]
+    assert "float8_e4m3fn" in rows["pack-text-encoder", "fp8", "-"]["parameter_dtypes"]
     assert all(row["peak_gib"] >= row["held_gib"] and row["seconds"] > 0 for row in rows.values())
+
+
+def test_fp8_linear_benchmark_times_the_three_weight_paths_and_measures_their_error(tmp_path):
+    from benchmarks import fp8_linear
+
+    out = tmp_path / "fp8.json"
+    assert fp8_linear.main(["--device", "cpu", "--sizes", "64", "--width-divisor", "64", "--repeats", "1",
+                            "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    errors = {}
+    for row in results["rows"]:
+        errors.setdefault(row["path"], []).append(row["relative_error"])
+    assert set(errors) == {"bf16", "fp8 de-quantised", "fp8_fast"}  # a CPU has fp8 matrix multiplies
+    assert len(results["rows"]) == 2 * 5 * 3  # cond and uncond, five block Linears, three paths
+    # bf16 rounding of the weights, then fp8 weights (3 mantissa bits), then fp8 activations as well.
+    assert max(errors["bf16"]) < 1e-2 < min(errors["fp8 de-quantised"])
+    assert max(errors["fp8 de-quantised"]) < 5e-2 and max(errors["fp8_fast"]) < 8e-2
+    assert sum(errors["fp8_fast"]) > sum(errors["fp8 de-quantised"])
+    assert {(row["size"], row["path"]) for row in results["step"]} == {(64, path) for path in fp8_linear.PATHS}

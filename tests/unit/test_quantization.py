@@ -18,8 +18,10 @@ from ideogram4.quantization import (
     FP8_E4M3_MAX,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
+    fp8_matmul_linear,
     parse_comfy_quant,
     rowwise_scale_from_per_tensor,
+    supports_fp8_matmul,
 )
 from ideogram4.safetensors_io import CheckpointError
 
@@ -129,3 +131,31 @@ def test_parse_comfy_quant():
         parse_comfy_quant(torch.tensor([0xFF, 0x00], dtype=torch.uint8), where="file.safetensors: x.comfy_quant")
     with pytest.raises(CheckpointError, match='"format"'):
         parse_comfy_quant(_json_bytes({"layout": "x"}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fp8_matmul_linear_is_the_product_of_the_quantised_operands(dtype):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 5, 64), generator=generator).to(dtype)
+    weight, bias = torch.randn((48, 64), generator=generator), torch.randn(48, generator=generator).to(dtype)
+    weight_fp8, weight_scale = _official_quantise(weight)
+
+    out = fp8_matmul_linear(x, weight_fp8, bias, weight_scale)
+
+    # Each input row scaled by its max |x| / 448 (rounded to the input dtype) and cast to fp8; the exact product of
+    # the two de-quantised operands, rounded once to the input dtype; the bias added in that dtype.
+    rows = x.reshape(-1, 64)
+    row_scale = (rows.abs().amax(dim=1, keepdim=True) / 448.0).to(dtype)
+    rows_fp8 = (rows / row_scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    product = (rows_fp8.double() * row_scale.double()) @ (weight_fp8.double() * weight_scale.double()[:, None]).T
+    expected = product.to(dtype) + bias
+    assert out.shape == (2, 5, 48) and out.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 2 ** -7  # one bf16 ulp of the product, relative
+    assert torch.allclose(out.reshape(-1, 48).float(), expected.float(), rtol=tolerance, atol=tolerance)
+    # Approximate against the unquantised product: a few per cent, not more.
+    exact = rows.double() @ weight.double().T + bias.double()
+    assert 0.005 < float((out.reshape(-1, 48).double() - exact).norm() / exact.norm()) < 0.08
+
+
+def test_fp8_matmul_runs_on_the_cpu():
+    assert supports_fp8_matmul("cpu")
