@@ -1,4 +1,4 @@
-"""Host memory and time to load the two DiTs: the pack's DiT Loader against ComfyUI native's loader.
+"""Host memory and time to load the models: the pack's DiT and Text Encoder Loaders, ComfyUI native's DiT loader.
 
     python -m benchmarks.load_memory --make-models /tmp/loadmem --layers 4        # once: random stand-in files
     ~/comfy/ComfyUI/.venv/bin/python -m benchmarks.load_memory --models /tmp/loadmem --compute-dtype bf16
@@ -11,7 +11,7 @@ Each case loads the conditional and the unconditional file in a fresh child proc
 
 and reports the load time and the process's **anonymous** resident memory (``RssAnon``: memory the process owns)
 above what it held before loading: the peak during the load (sampled every 5 ms) and what stays held once the
-models are built and every weight page has been read once (as the first run will); and beside it the pages of the
+models are built; then, once every weight page has been read (as the first run will), the pages of the
 memory-mapped files the models use (``RssFile``, "+ file": weights assigned straight from the file; the system can
 drop and re-read those pages); and "weights": the bytes of the models' parameters and buffers, what ComfyUI moves to
 the GPU.
@@ -59,7 +59,7 @@ def file_pair(models: pathlib.Path, file_format: str) -> tuple[pathlib.Path, pat
 
 
 def mid_text_encoder_config():
-    """All 36 layers (the taps reach layer 35) at a quarter of the 8B encoder's width: 0.63 B parameters."""
+    """All 36 layers (the taps reach layer 35) at a quarter of the 8B encoder's width: 0.59 B parameters."""
     from ideogram4.text_encoder import Qwen3VLTextConfig
 
     return Qwen3VLTextConfig(hidden_size=1024, intermediate_size=3072, num_hidden_layers=36, num_attention_heads=8,
@@ -167,13 +167,13 @@ def run_case(args) -> dict:
                            for path in (cond_path, uncond_path))
         seconds = time.perf_counter() - started
         gc.collect()
-    module = models[0].patcher.model if hasattr(models[0], "patcher") else models[0].model.diffusion_model
+    held = anonymous_resident_bytes()
     modules = [loaded.patcher.model if hasattr(loaded, "patcher") else loaded.model for loaded in models]
     for loaded_module in modules:  # read every weight page, as the first use will: memory-mapped weights then count
         touch_every_page(loaded_module)
     weight_bytes = sum(t.nbytes for m in modules for t in (*m.parameters(), *m.buffers()))
-    held, held_file = anonymous_resident_bytes(), resident_bytes("RssFile")
-    weight_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters()})
+    held_file = resident_bytes("RssFile")
+    weight_dtypes = sorted({str(p.dtype).replace("torch.", "") for p in modules[0].parameters()})
     return {"implementation": args.implementation, "file_format": args.file_format,
             "weight_dtype": args.weight_dtype or "-", "seconds": seconds, "peak_gib": (sampler.peak - before) / GIB,
             "held_gib": (held - before) / GIB, "held_file_gib": (held_file - before_file) / GIB,
@@ -196,8 +196,9 @@ def run_all(args) -> list[dict]:
     for implementation, file_format, weight_dtype in CASES:
         if file_format not in args.formats or implementation not in args.implementations:
             continue
-        warm_page_cache((*file_pair(pathlib.Path(args.models), file_format),
-                         pathlib.Path(args.models) / TEXT_ENCODER_FILE))
+        models = pathlib.Path(args.models)
+        warm_page_cache((models / TEXT_ENCODER_FILE,) if implementation == "pack-text-encoder"
+                        else file_pair(models, file_format))
         command = [sys.executable, "-m", "benchmarks.load_memory", "--child", implementation, file_format,
                    weight_dtype or "-", "--models", args.models, "--comfyui", args.comfyui,
                    "--compute-dtype", args.compute_dtype, "--pack-root", args.pack_root]
