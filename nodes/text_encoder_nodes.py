@@ -57,7 +57,7 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
 
     Scaled fp8 weights (Comfy-Org qwen3vl_8b_fp8_scaled, the official fp8 release) stay fp8 and are de-quantised
     per layer when it runs, with the official rule: the same features as de-quantising at load, in half the
-    memory (about 9 GB instead of 16 GB in RAM and VRAM for the 8B encoder)."""
+    memory (about 8.2 GB instead of 15.1 GB in RAM and VRAM for the 8B encoder)."""
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
     dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
