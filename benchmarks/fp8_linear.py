@@ -83,7 +83,7 @@ def measure(args) -> dict:
     device = torch.device(args.device)
     config = DiTConfig()
     generator = torch.Generator(device).manual_seed(0)
-    fast = supports_fp8_matmul(device)
+    fast = supports_fp8_matmul(device, torch.bfloat16)
     rows = []
     for size in args.sizes:
         image_tokens = (size // 16) ** 2

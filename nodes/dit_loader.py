@@ -55,10 +55,11 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     for key in [key for key in state if key.endswith(".input_scale")]:
         del state[key]  # activation scale of ComfyUI's fp8 matmuls; the weight-only official path does not use it
     if quantize_to_fp8:
-        for key, weight in list(state.items()):
+        # Keys only, not (key, tensor) pairs: each original tensor is released as soon as its fp8 copy replaces it.
+        for key in [key for key in state if key.startswith("layers.") and key.endswith(".weight")]:
             layer = key[: -len(".weight")]
-            if key.startswith("layers.") and key.endswith(".weight") and weight.ndim == 2 and layer not in scales:
-                state[key], scales[layer] = quantize_rowwise(weight)
+            if state[key].ndim == 2 and layer not in scales:
+                state[key], scales[layer] = quantize_rowwise(state[key])
                 state[layer + ".weight_scale"] = scales[layer]
 
     config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})
@@ -114,20 +115,21 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
         )
     uncond = build_dit_patcher(uncond_checkpoint, compute_dtype, quantize, load_device)
     if weight_dtype == "fp8_fast":
-        enable_fp8_matmul((cond, uncond), load_device)
+        enable_fp8_matmul((cond, uncond), load_device, compute_dtype)
     return cond, uncond
 
 
-def enable_fp8_matmul(patchers, load_device) -> None:
-    """Switch every fp8 block Linear of ``patchers`` to fp8 matrix multiplies where ``load_device`` has them."""
-    if not supports_fp8_matmul(load_device):
-        logging.warning("Ideogram 4 DiT Loader: weight_dtype fp8_fast needs fp8 matrix multiplies (an NVIDIA GPU of "
-                        "compute capability 8.9 or newer); %s has none, so the weights are used as with fp8.",
-                        load_device)
+def enable_fp8_matmul(patchers, load_device, compute_dtype: torch.dtype) -> None:
+    """Switch the fp8 block Linears (``layers.*``) of ``patchers`` to fp8 matrix multiplies where ``load_device``
+    runs them with ``compute_dtype`` output; elsewhere log why and leave them de-quantising (as ``fp8``)."""
+    if not supports_fp8_matmul(load_device, compute_dtype):
+        logging.warning("Ideogram 4 DiT Loader: weight_dtype fp8_fast needs row-wise scaled fp8 matrix multiplies "
+                        "(an NVIDIA GPU of compute capability 8.9 or newer and a PyTorch build that has them, with "
+                        "%s output); %s has none, so the weights are used as with fp8.", compute_dtype, load_device)
         return
     for patcher in patchers:
-        for module in patcher.model.diffusion_model.modules():
-            if getattr(module, "weight_scale", None) is not None:
+        for name, module in patcher.model.diffusion_model.named_modules():
+            if name.startswith("layers.") and getattr(module, "weight_scale", None) is not None:
                 module.fp8_compute = True
 
 

@@ -216,6 +216,16 @@ def test_fp8_fast_multiplies_block_linears_in_fp8_close_to_the_weight_only_fp8(h
     assert 0 < relative < 0.1  # approximate: the activations are quantised too
 
 
+def test_fp8_fast_falls_back_to_fp8_with_a_warning_where_fp8_products_do_not_run(host, models, monkeypatch, caplog):
+    monkeypatch.setattr(host.nodes.dit_loader, "supports_fp8_matmul", lambda device, dtype: False)
+    with caplog.at_level("WARNING"):
+        fast, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "fp8_fast")
+    assert "fp8_fast needs row-wise scaled fp8 matrix multiplies" in caplog.text
+    dit = fast.model.diffusion_model
+    assert not any(getattr(module, "fp8_compute", False) for module in dit.modules())
+    assert dit.layers[0].attention.qkv.weight.dtype == torch.float8_e4m3fn  # still stored as fp8
+
+
 def test_each_model_has_its_own_patcher_on_the_devices_comfy_assigns(host, models):
     import comfy.model_management as mm
 

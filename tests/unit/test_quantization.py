@@ -157,5 +157,17 @@ def test_fp8_matmul_linear_is_the_product_of_the_quantised_operands(dtype):
     assert 0.005 < float((out.reshape(-1, 48).double() - exact).norm() / exact.norm()) < 0.08
 
 
-def test_fp8_matmul_runs_on_the_cpu():
-    assert supports_fp8_matmul("cpu")
+def test_fp8_matmul_support_is_tried_on_the_device_not_assumed(monkeypatch):
+    from ideogram4 import quantization
+
+    assert supports_fp8_matmul("cpu", torch.float32) and supports_fp8_matmul("cpu", torch.bfloat16)
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Rowwise scaling is not currently supported on your device")
+
+    quantization._fp8_matmul_runs.cache_clear()
+    monkeypatch.setattr(torch, "_scaled_mm", unsupported)
+    try:
+        assert not supports_fp8_matmul("cpu", torch.bfloat16)
+    finally:
+        quantization._fp8_matmul_runs.cache_clear()
