@@ -15,6 +15,9 @@
 #            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 300 s)
 #   fp8      the block Linears of one step at 1024^2 and 2048^2 with bf16 weights, fp8 weights de-quantised per call
 #            (weight_dtype default/fp8) and fp8 matrix multiplies (fp8_fast): seconds and error     ~20 s (limit 60 s)
+#   fp8step  (not in the default list) one step on a Comfy-Org-layout fp8 file pair (random, released shapes, written
+#            to /tmp/i4-fp8 first, ~19 GB) through ComfyUI's Load Diffusion Model path (native fp8) and the pack's
+#            DiT Loader (default, fp8_fast), at 1024^2 and 2048^2, with their errors against pack default (limit 420 s)
 #   compile  torch.compile of the block (opt-in lever: costs compile time) with cuDNN attention, with the eager
 #            bf16 rounding kept (emulate_precision_casts) and without it (fastcasts), against native
 #            (limit 200 s: 1024^2 first, 2048^2 if time is left)
@@ -22,8 +25,9 @@
 #            at 1024^2, V4_DEFAULT_20, fp8 weights, under ComfyUI model management capped at 24 and 12 GiB; writes
 #            ~28 GB of random full-size stand-in files to /tmp/i4-models first (limit 560 s)
 # Device time is 15 min per session, machine start included: run the default phases (<= 450 s), then at once,
-# while the machine is still warm, PHASES=compile (<= 200 s). The memory phase needs a session of its own.
-# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/fp8.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
+# while the machine is still warm, PHASES=compile (<= 200 s). The fp8step and memory phases need a session of their
+# own (PHASES="fp8step" then, warm, PHASES=memory with the memory upload).
+# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/fp8.json, $OUT/fp8_step.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
 # are printed at the end of each phase. Copy the figures into benchmarks/RESULTS.md with the card and the date.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -76,6 +80,9 @@ for phase in $PHASES; do
     fp8)
       timeout 60 "$PY" -m benchmarks.fp8_linear --device "$DEVICE" --sizes $SIZES ${FP8_ARGS:-} --json "$OUT/fp8.json" 2>&1 \
         | tee "$OUT/fp8.log" || status=1 ;;
+    fp8step)
+      timeout 420 "$PY" -m benchmarks.fp8_step --device "$DEVICE" --make-models --models-dir /tmp/i4-fp8 --sizes $SIZES \
+        ${FP8STEP_ARGS:-} --json "$OUT/fp8_step.json" 2>&1 | tee "$OUT/fp8_step.log" || status=1 ;;
     compile)
       timeout 200 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \
         --repeats 5 --warmup 2 --implementations pack,native --pack-variants "sdpa=cudnn+compile,sdpa=cudnn+compile+fastcasts" \
@@ -84,7 +91,7 @@ for phase in $PHASES; do
       # needs the other upload: bash benchmarks/prepare_gpu_upload.sh memory
       timeout 560 "$PY" -m benchmarks.memory_tiers --device "$DEVICE" --make-models "${MEMORY_MODELS:-full}" \
         --models-dir /tmp/i4-models-"${MEMORY_MODELS:-full}" --caps 24 12 --size "${MEMORY_SIZE:-1024}" --runs 2 --timeout 240 --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" || status=1 ;;
-    *) echo "gpu_run: unknown phase $phase (check, main, fp8, compile, memory)" >&2; status=2 ;;
+    *) echo "gpu_run: unknown phase $phase (check, main, fp8, fp8step, compile, memory)" >&2; status=2 ;;
   esac
 done
 exit $status

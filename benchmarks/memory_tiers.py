@@ -96,11 +96,12 @@ def _store_fp8_per_tensor(tensors: dict, key: str, value) -> None:
                                                    dtype=torch.uint8)
 
 
-def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0, configs=None) -> None:
+def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0, configs=None,
+                           roles=("dit", "uncond_dit", "text_encoder", "vae")) -> None:
     """Random stand-ins of the released sizes in the Comfy-Org layouts, drawn on ``device`` one tensor at a time.
 
     ``configs``: (DiTConfig, Qwen3VLTextConfig, VAEConfig) to write other sizes through the same code (the CPU
-    smoke test uses the unit tests' tiny ones); default the released sizes.
+    smoke test uses the unit tests' tiny ones); default the released sizes. ``roles``: which of the four files.
     """
     import torch
     from safetensors.torch import save_file
@@ -115,6 +116,8 @@ def write_full_size_models(models_dir: pathlib.Path, device: str, seed: int = 0,
 
     def write(role, shapes, fp8_key, prefix="", extra=None):
         path = models_dir / names[role]
+        if role not in roles:
+            return
         if path.is_file():
             print(f"[memory_tiers] keeping {path}", flush=True)
             return

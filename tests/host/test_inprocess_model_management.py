@@ -210,7 +210,9 @@ def test_fp8_fast_multiplies_block_linears_in_fp8_close_to_the_weight_only_fp8(h
     weight_only, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "default")
     dit = fast.model.diffusion_model
     assert dit.layers[0].attention.qkv.fp8_compute and dit.layers[1].feed_forward.w2.fp8_compute
-    assert not getattr(dit.input_proj, "fp8_compute", False)  # only the block Linears are fp8
+    assert not getattr(dit.input_proj, "fp8_compute", False)  # only the blocks' token Linears multiply in fp8
+    assert not getattr(dit.layers[0].adaln_modulation, "fp8_compute", False)
+    assert dit.layers[0].adaln_modulation.weight.dtype == torch.float8_e4m3fn  # stored fp8, de-quantised per call
     reference = velocity(weight_only.model.diffusion_model)
     relative = float((velocity(dit) - reference).norm() / reference.norm())
     assert 0 < relative < 0.1  # approximate: the activations are quantised too

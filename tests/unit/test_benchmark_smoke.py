@@ -141,3 +141,20 @@ def test_fp8_linear_benchmark_times_the_three_weight_paths_and_measures_their_er
     assert max(errors["fp8 de-quantised"]) < 5e-2 and max(errors["fp8_fast"]) < 8e-2
     assert sum(errors["fp8_fast"]) > sum(errors["fp8 de-quantised"])
     assert {(row["size"], row["path"]) for row in results["step"]} == {(64, path) for path in fp8_linear.PATHS}
+
+
+@pytest.mark.skipif(not _comfy_importable(), reason=f"ComfyUI (at {DEFAULT_COMFYUI}) is not importable in this "
+                    "Python; run with the ComfyUI host's Python to smoke-test the fp8 step benchmark")
+def test_fp8_step_benchmark_loads_the_fp8_pair_through_the_loader_and_compares_fp8_fast(tmp_path):
+    from benchmarks import fp8_step
+
+    out = tmp_path / "fp8_step.json"
+    assert fp8_step.main(["--device", "cpu", "--make-models", "--tiny", "--layers", "2", "--models-dir",
+                          str(tmp_path / "models"), "--sizes", "64", "--repeats", "1", "--warmup", "0",
+                          "--implementations", "pack default", "pack fp8_fast", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {(row["implementation"], row["size"]) for row in result["timings"]} == {
+        ("pack default", 64), ("pack fp8_fast", 64)}
+    errors = {row["branch"]: row["relative_error"] for row in result["errors"]}
+    assert set(errors) == {"cond", "uncond"}
+    assert all(0 < error < 0.1 for error in errors.values())  # approximate, not wrong
