@@ -1,6 +1,6 @@
 """One step (cond + uncond forward) on the fp8 files artists download, through the loaders they use.
 
-    THERE: python3 -m benchmarks.fp8_step --device cuda --make-models --models-dir /tmp/i4-fp8 --json $OUT/fp8_step.json
+    THERE: python3 -m benchmarks.fp8_step --device cuda --make-models --models-dir /tmp/i4-models-full --json $OUT/fp8_step.json
     CPU smoke: ~/comfy/ComfyUI/.venv/bin/python -m benchmarks.fp8_step --device cpu --make-models --layers 1 \\
                --models-dir /tmp/i4-fp8-1 --sizes 128 --repeats 1 --warmup 0
 
@@ -8,17 +8,17 @@ The Comfy-Org file pair (``ideogram4_fp8_scaled`` + ``ideogram4_unconditional_fp
 per-tensor scaled fp8 with ``comfy_quant``, the rest bf16; random stand-ins of the released shapes, ``--layers``
 blocks, drawn on the device by ``memory_tiers.write_full_size_models``) is loaded, one implementation at a time:
 
-* ``native fp8``: ComfyUI's ``comfy.sd.load_diffusion_model`` (Load Diffusion Model): its mixed-precision ops,
+* ``native-fp8``: ComfyUI's ``comfy.sd.load_diffusion_model`` (Load Diffusion Model): its mixed-precision ops,
   which on a GPU with fp8 matrix multiplies run the fp8 layers as fp8 products (elsewhere de-quantised);
-* ``pack default``: the DiT Loader with ``weight_dtype=default``: fp8 kept, de-quantised per layer (the official
+* ``pack-default``: the DiT Loader with ``weight_dtype=default``: fp8 kept, de-quantised per layer (the official
   maths, bit for bit);
-* ``pack fp8_fast``: the DiT Loader with ``weight_dtype=fp8_fast`` (fp8 products where the device has them);
+* ``pack-fp8_fast``: the DiT Loader with ``weight_dtype=fp8_fast`` (fp8 products where the device has them);
 
 each pair moved to the device by ComfyUI's ``load_models_gpu`` (whole), then called as its own sampler calls it
 (native: ``diffusion_model(x, sigma, context)`` in ComfyUI's latent layout; the pack: its velocity functions),
 one 128-token prompt, t = 0.625. Reported per size: median step seconds after ``--warmup`` steps, peak memory
-allocated during the step, × native fp8 (> 1: faster), and at the first size the relative error of each
-implementation's velocities against ``pack default`` (the official fp8 maths).
+allocated during the step, × native-fp8 (> 1: faster), and at the first size the relative error of each
+implementation's velocities against ``pack-default`` (the official fp8 maths).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from benchmarks.memory_tiers import (  # noqa: E402
     write_full_size_models,
 )
 
-IMPLEMENTATIONS = ("native fp8", "pack default", "pack fp8_fast")
+IMPLEMENTATIONS = ("native-fp8", "pack-default", "pack-fp8_fast")
 TEXT_TOKENS = 128
 MODEL_TIME = 0.625  # exact in bf16, and 1 - (1 - t) = t in float32: every implementation sees the same time
 
@@ -71,16 +71,16 @@ def load(implementation: str, paths, nodes):
     from benchmarks.native_comfy import native_velocity
 
     compat = sys.modules[f"{PACK_MODULE_NAME}.nodes.compat"]
-    if implementation == "native fp8":
+    if implementation == "native-fp8":
         cond, uncond = (comfy.sd.load_diffusion_model(str(path)) for path in paths)
     else:
-        weight_dtype = implementation.split()[1]
+        weight_dtype = implementation.split("-", 1)[1]
         cond, uncond = nodes["dit_loader"].load_dit_patchers(str(paths[0]), str(paths[1]), weight_dtype)
     dtype = compat.inference_dtype(cond.model)
 
     def calls(z, features, grid_h, grid_w):
         cond_model, uncond_model = cond.model.diffusion_model, uncond.model.diffusion_model
-        if implementation == "native fp8":
+        if implementation == "native-fp8":
             return (native_velocity(cond_model, z, MODEL_TIME, features, grid_h, grid_w, dtype),
                     native_velocity(uncond_model, z, MODEL_TIME, None, grid_h, grid_w, dtype))
         return (conditional_velocity(cond_model, z, MODEL_TIME, features, None, grid_h, grid_w, dtype=dtype),
@@ -150,9 +150,9 @@ def run(args) -> dict:
         gc.collect()
         mm.soft_empty_cache()
 
-    reference = velocities.get("pack default")
+    reference = velocities.get("pack-default")
     for implementation, (v_cond, v_uncond) in velocities.items():
-        if reference is None or implementation == "pack default":
+        if reference is None or implementation == "pack-default":
             continue
         for branch, value, ref in (("cond", v_cond, reference[0]), ("uncond", v_uncond, reference[1])):
             result["errors"].append({"implementation": implementation, "branch": branch, "size": args.sizes[0],
@@ -162,22 +162,22 @@ def run(args) -> dict:
 
 def print_table(result: dict) -> None:
     print(f"\nOne step on the fp8 files ({result['layers']} blocks), {result['device']}, torch {result['torch']}")
-    print(f"{'size':>6}  {'implementation':<16}{'step s':>10}{'peak GiB':>10}{'x native fp8':>14}")
+    print(f"{'size':>6}  {'implementation':<16}{'step s':>10}{'peak GiB':>10}{'x native-fp8':>14}")
     for row in result["timings"]:
         native = next((r["seconds"] for r in result["timings"]
-                       if r["size"] == row["size"] and r["implementation"] == "native fp8"), None)
+                       if r["size"] == row["size"] and r["implementation"] == "native-fp8"), None)
         ratio = f"{native / row['seconds']:.2f}" if native else "-"
         peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "-"
         print(f"{row['size']:>6}  {row['implementation']:<16}{row['seconds']:>10.4f}{peak:>10}{ratio:>14}")
     for row in result["errors"]:
-        print(f"relative error vs pack default (official fp8 maths), {row['size']}^2 {row['branch']}: "
+        print(f"relative error vs pack-default (official fp8 maths), {row['size']}^2 {row['branch']}: "
               f"{row['implementation']} {row['relative_error']:.2e}")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--models-dir", default="/tmp/i4-fp8")
+    parser.add_argument("--models-dir", default="/tmp/i4-models-full")
     parser.add_argument("--make-models", action="store_true", help="write the stand-in pair first (kept if there)")
     parser.add_argument("--layers", type=int, default=34, help="blocks in the stand-in files (released: 34)")
     parser.add_argument("--tiny", action="store_true", help="--make-models at the unit tests' tiny widths (pack only)")

@@ -15,9 +15,10 @@
 #            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 300 s)
 #   fp8      the block Linears of one step at 1024^2 and 2048^2 with bf16 weights, fp8 weights de-quantised per call
 #            (weight_dtype default/fp8) and fp8 matrix multiplies (fp8_fast): seconds and error     ~20 s (limit 60 s)
-#   fp8step  (not in the default list) one step on a Comfy-Org-layout fp8 file pair (random, released shapes, written
-#            to /tmp/i4-fp8 first, ~19 GB) through ComfyUI's Load Diffusion Model path (native fp8) and the pack's
-#            DiT Loader (default, fp8_fast), at 1024^2 and 2048^2, with their errors against pack default (limit 420 s)
+#   fp8step  (not in the default list; needs `prepare_gpu_upload.sh memory`) one step on a Comfy-Org-layout fp8 file
+#            pair (random, released shapes, ~19 GB written to the memory phase's /tmp/i4-models-full, which that phase
+#            then reuses) through ComfyUI's Load Diffusion Model path (native fp8) and the pack's DiT Loader (default,
+#            fp8_fast), at 1024^2 and 2048^2, with their errors against pack default (limit 420 s)
 #   compile  torch.compile of the block (opt-in lever: costs compile time) with cuDNN attention, with the eager
 #            bf16 rounding kept (emulate_precision_casts) and without it (fastcasts), against native
 #            (limit 200 s: 1024^2 first, 2048^2 if time is left)
@@ -26,7 +27,7 @@
 #            ~28 GB of random full-size stand-in files to /tmp/i4-models first (limit 560 s)
 # Device time is 15 min per session, machine start included: run the default phases (<= 450 s), then at once,
 # while the machine is still warm, PHASES=compile (<= 200 s). The fp8step and memory phases need a session of their
-# own (PHASES="fp8step" then, warm, PHASES=memory with the memory upload).
+# own, with the memory upload: PHASES=fp8step, then at once (warm: the DiT files are kept) PHASES=memory.
 # Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/fp8.json, $OUT/fp8_step.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
 # are printed at the end of each phase. Copy the figures into benchmarks/RESULTS.md with the card and the date.
 set -uo pipefail
@@ -52,6 +53,9 @@ if [ -z "${SKIP_WHEELS:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || { echo "gpu_run: installing the carried wheels failed" >&2; exit 3; }
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PY" -c "import av" 2>/dev/null; then
+  export PYTHONPATH="$PWD/benchmarks/stubs${PYTHONPATH:+:$PYTHONPATH}"  # PyAV stand-in: ComfyUI's comfy_api imports it
 fi
 if [ -f .whl/comfyui-src.tar.gz ]; then
   mkdir -p /tmp/comfyui && tar -xzf .whl/comfyui-src.tar.gz -C /tmp/comfyui && export COMFYUI_PATH=/tmp/comfyui
@@ -81,7 +85,7 @@ for phase in $PHASES; do
       timeout 60 "$PY" -m benchmarks.fp8_linear --device "$DEVICE" --sizes $SIZES ${FP8_ARGS:-} --json "$OUT/fp8.json" 2>&1 \
         | tee "$OUT/fp8.log" || status=1 ;;
     fp8step)
-      timeout 420 "$PY" -m benchmarks.fp8_step --device "$DEVICE" --make-models --models-dir /tmp/i4-fp8 --sizes $SIZES \
+      timeout 420 "$PY" -m benchmarks.fp8_step --device "$DEVICE" --make-models --models-dir /tmp/i4-models-full --sizes $SIZES \
         ${FP8STEP_ARGS:-} --json "$OUT/fp8_step.json" 2>&1 | tee "$OUT/fp8_step.log" || status=1 ;;
     compile)
       timeout 200 "$PY" -m benchmarks.dit_step --device "$DEVICE" --config "$CONFIG" --dtype bf16 --sizes $SIZES \

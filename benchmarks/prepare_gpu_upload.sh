@@ -4,9 +4,11 @@
 #
 #   bash benchmarks/prepare_gpu_upload.sh step     # for gpu_run.sh (step benchmark): comfy-kitchen, comfy-aimdo,
 #                                                  #   diffusers, importlib_metadata + ComfyUI sources
-#   bash benchmarks/prepare_gpu_upload.sh memory   # for memory_tiers.py: comfy-aimdo, av, torchsde, trampoline
-#                                                  #   + ComfyUI sources (no comfy-kitchen: the pack's fp8 path
-#                                                  #   does not use it, and av + kitchen exceed the upload limit)
+#   bash benchmarks/prepare_gpu_upload.sh memory   # for memory_tiers.py and fp8_step.py (phases memory, fp8step):
+#                                                  #   comfy-kitchen (native's fp8 layers), comfy-aimdo, torchsde,
+#                                                  #   trampoline + ComfyUI sources with the Qwen tokenizer; PyAV
+#                                                  #   does not fit beside comfy-kitchen, so gpu_run.sh uses the
+#                                                  #   stand-in benchmarks/stubs/av where `import av` fails
 #
 # Everything goes to .whl/ (git-ignored); carry it with the device tool (carry: [".whl"]). The upload limit is
 # 64 MiB, so comfy-kitchen's ROCm library (59 MB, useless on NVIDIA) is deleted from its wheel, and only the
@@ -33,15 +35,15 @@ mkdir -p "$dest"
 case "$what" in
   step)
     download "comfy-kitchen==$(pin comfy-kitchen)" "comfy-aimdo==$(pin comfy-aimdo)" diffusers==0.42.1 importlib_metadata
-    for wheel in "$dest"/comfy_kitchen-*.whl; do
-      zip -q -d "$wheel" 'comfy_kitchen/backends/hip/*.so' || true  # ROCm library only; keeps the upload under 64 MiB
-    done
     ;;
   memory)
-    download "comfy-aimdo==$(pin comfy-aimdo)" av torchsde trampoline
+    download "comfy-kitchen==$(pin comfy-kitchen)" "comfy-aimdo==$(pin comfy-aimdo)" torchsde trampoline
     ;;
   *) echo "usage: $0 step|memory" >&2; exit 2 ;;
 esac
+for wheel in "$dest"/comfy_kitchen-*.whl; do
+  zip -q -d "$wheel" 'comfy_kitchen/backends/hip/*.so' || true  # ROCm library only; keeps the upload under 64 MiB
+done
 
 # ComfyUI sources: Python and JSON files only (no web assets; the Qwen tokenizer files only for the memory tiers).
 (cd "$comfyui" && find comfy comfy_api comfy_execution comfy_extras comfy_config app utils middleware \

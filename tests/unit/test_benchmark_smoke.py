@@ -151,10 +151,10 @@ def test_fp8_step_benchmark_loads_the_fp8_pair_through_the_loader_and_compares_f
     out = tmp_path / "fp8_step.json"
     assert fp8_step.main(["--device", "cpu", "--make-models", "--tiny", "--layers", "2", "--models-dir",
                           str(tmp_path / "models"), "--sizes", "64", "--repeats", "1", "--warmup", "0",
-                          "--implementations", "pack default", "pack fp8_fast", "--json", str(out)]) == 0
+                          "--implementations", "pack-default", "pack-fp8_fast", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert {(row["implementation"], row["size"]) for row in result["timings"]} == {
-        ("pack default", 64), ("pack fp8_fast", 64)}
+        ("pack-default", 64), ("pack-fp8_fast", 64)}
     errors = {row["branch"]: row["relative_error"] for row in result["errors"]}
     assert set(errors) == {"cond", "uncond"}
     assert all(0 < error < 0.1 for error in errors.values())  # approximate, not wrong
