@@ -38,9 +38,9 @@ if __package__ in (None, ""):
 
 from ideogram4.dit_config import DiTConfig  # noqa: E402
 from ideogram4.quantization import (  # noqa: E402
-    FP8_E4M3_MAX,
     dequantize_fp8_rowwise,
     fp8_matmul_linear,
+    quantize_fp8_rowwise,
     supports_fp8_matmul,
 )
 
@@ -53,12 +53,6 @@ def block_linears(config: DiTConfig, divisor: int) -> dict[str, tuple[int, int]]
     hidden, mlp = config.hidden_size // divisor, config.intermediate_size // divisor
     return {"attention.qkv": (hidden, 3 * hidden), "attention.o": (hidden, hidden), "feed_forward.w1": (hidden, mlp),
             "feed_forward.w3": (hidden, mlp), "feed_forward.w2": (mlp, hidden)}
-
-
-def quantise_rowwise(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official per-row quantiser: scale = max |row| / 448."""
-    scale = weight.float().abs().amax(dim=1).clamp(min=1e-12) / FP8_E4M3_MAX
-    return (weight.float() / scale[:, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
 
 
 def timed(function, device: torch.device, repeats: int) -> float:
@@ -90,7 +84,7 @@ def measure(args) -> dict:
         for branch, tokens in (("cond", TEXT_TOKENS + image_tokens), ("uncond", image_tokens)):
             for name, (fan_in, fan_out) in block_linears(config, args.width_divisor).items():
                 weight = torch.randn((fan_out, fan_in), generator=generator, device=device) / fan_in ** 0.5
-                weight_fp8, scale = quantise_rowwise(weight)
+                weight_fp8, scale = quantize_fp8_rowwise(weight)
                 weight_bf16 = weight.to(torch.bfloat16)
                 x = torch.randn((tokens, fan_in), generator=generator, device=device).to(torch.bfloat16)
                 calls = {

@@ -104,10 +104,6 @@ def resident_bytes(kind: str = "RssAnon") -> int:
     raise RuntimeError(f"load_memory needs Linux (/proc/self/status has no {kind} line).")
 
 
-def anonymous_resident_bytes() -> int:
-    return resident_bytes("RssAnon")
-
-
 class PeakSampler:
     """Samples RssAnon every ``interval`` seconds on a thread while the ``with`` block runs."""
 
@@ -116,11 +112,11 @@ class PeakSampler:
 
     def _run(self):
         while self._running:
-            self.peak = max(self.peak, anonymous_resident_bytes())
+            self.peak = max(self.peak, resident_bytes("RssAnon"))
             time.sleep(self.interval)
 
     def __enter__(self):
-        self.peak, self._running = anonymous_resident_bytes(), True
+        self.peak, self._running = resident_bytes("RssAnon"), True
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -128,7 +124,7 @@ class PeakSampler:
     def __exit__(self, *exc):
         self._running = False
         self._thread.join()
-        self.peak = max(self.peak, anonymous_resident_bytes())
+        self.peak = max(self.peak, resident_bytes("RssAnon"))
 
 
 def touch_every_page(module) -> None:
@@ -153,7 +149,7 @@ def run_case(args) -> dict:
     native_options = {"dtype": torch.bfloat16} if args.compute_dtype == "bf16" else {}
 
     gc.collect()
-    before, before_file = anonymous_resident_bytes(), resident_bytes("RssFile")
+    before, before_file = resident_bytes("RssAnon"), resident_bytes("RssFile")
     started = time.perf_counter()
     paths = (cond_path, uncond_path)
     with PeakSampler() as sampler:
@@ -167,7 +163,7 @@ def run_case(args) -> dict:
                            for path in (cond_path, uncond_path))
         seconds = time.perf_counter() - started
         gc.collect()
-    held = anonymous_resident_bytes()
+    held = resident_bytes("RssAnon")
     modules = [loaded.patcher.model if hasattr(loaded, "patcher") else loaded.model for loaded in models]
     for loaded_module in modules:  # read every weight page, as the first use will: memory-mapped weights then count
         touch_every_page(loaded_module)

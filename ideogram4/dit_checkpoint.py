@@ -46,10 +46,10 @@ import torch
 from .dit_config import DiTConfig
 from .quantization import (
     COMFY_FP8_FORMATS,
+    as_row_scale,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
-    rowwise_scale_from_per_tensor,
 )
 from .safetensors_io import (
     CheckpointError,
@@ -603,10 +603,8 @@ def _dequantise(part: _Part, tensor: torch.Tensor, scales: dict, dtype: torch.dt
 def _row_scale(part: _Part, tensor: torch.Tensor, scales: dict) -> torch.Tensor:
     quant = part.quant
     rows = tensor.shape[0]
-    if quant.kind == "rowwise":
-        return scales[quant.scale_key].reshape(-1).to(torch.float32)
-    if quant.kind == "per_tensor":
-        return rowwise_scale_from_per_tensor(scales[quant.scale_key], rows)
+    if quant.kind in ("rowwise", "per_tensor"):
+        return as_row_scale(scales[quant.scale_key], rows)
     return torch.ones(rows, dtype=torch.float32)
 
 

@@ -91,6 +91,26 @@ def rowwise_scale_from_per_tensor(scale: torch.Tensor, rows: int) -> torch.Tenso
     return scale.reshape(()).to(torch.float32).expand(rows).contiguous()
 
 
+def as_row_scale(scale: torch.Tensor, rows: int) -> torch.Tensor:
+    """A stored weight scale, per tensor (one value) or per row (``rows`` values), as the per-row float32 ``(rows,)``
+    scale of :func:`dequantize_fp8_rowwise` (exact for a per-tensor scale, see :func:`rowwise_scale_from_per_tensor`)."""
+    if scale.numel() == 1:
+        return rowwise_scale_from_per_tensor(scale, rows)
+    return scale.reshape(-1).to(torch.float32)
+
+
+def quantize_fp8_rowwise(weight: torch.Tensor, storage_dtype: torch.dtype = torch.float8_e4m3fn
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A floating ``(out, in)`` weight -> (fp8 weight, float32 per-row scale ``(out,)``) with each row's max |w|
+    mapped onto the largest finite fp8 value (rows of zeros get scale 1), the official quantiser's rule. Lossy:
+    the pack uses it only when asked to store an unquantised checkpoint in fp8."""
+    rows = weight.float()
+    amax = rows.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
+    quantised = (rows / scale[:, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(storage_dtype)
+    return quantised, scale
+
+
 @functools.lru_cache(maxsize=None)
 def _fp8_matmul_runs(device: str, out_dtype: torch.dtype) -> bool:
     a = torch.ones((16, 16), device=device).to(torch.float8_e4m3fn)

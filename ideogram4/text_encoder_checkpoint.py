@@ -36,10 +36,10 @@ import torch
 from .quantization import (
     COMFY_FP8_FORMATS,
     FP8_DTYPES,
+    as_row_scale,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
-    rowwise_scale_from_per_tensor,
 )
 from .safetensors_io import (
     SAFETENSORS_DTYPES,
@@ -286,13 +286,6 @@ def _dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.d
     return dequantize_fp8_rowwise(weight, scale, dtype)
 
 
-def _row_scale(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The per-row float32 ``(out,)`` scale equivalent to ``scale`` (per tensor or per row) for ``weight``."""
-    if scale.numel() == 1:
-        return rowwise_scale_from_per_tensor(scale, weight.shape[0])
-    return scale.reshape(-1).to(torch.float32)
-
-
 def _check_shapes(expected: dict[str, tuple[int, ...]], entries: dict, layout: TextEncoderLayout) -> None:
     missing = [key for key in expected if layout.prefix + key not in entries]
     if missing:
@@ -353,7 +346,7 @@ def load_text_encoder_model(
         weight, scale = _scaled_fp8(file_key, tensor, sidecars, label)
         layer = key.rpartition(".")[0]
         if keep_fp8_with is not None and scale is not None and isinstance(model.get_submodule(layer), torch.nn.Linear):
-            row_scale = _row_scale(weight, scale).to(target_device)
+            row_scale = as_row_scale(scale, weight.shape[0]).to(target_device)
             keep_fp8_with(model.get_submodule(layer), row_scale)
             state_dict[key], state_dict[layer + ".weight_scale"] = weight, row_scale
         else:

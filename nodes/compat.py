@@ -68,23 +68,30 @@ def load_weights(patcher, module: torch.nn.Module, state_dict: dict[str, torch.T
         raise ValueError(f"the weights do not fit the model: missing {sorted(missing)[:5]}, unexpected []")
 
 
+class PyTorchStateDictLoading:
+    """Mixin, first in the bases of a comfy.ops layer: PyTorch's own ``_load_from_state_dict`` (every parameter,
+    buffer and extra key such as ``weight_scale``), not the lazy weight/bias-only loader comfy.ops layers get under
+    dynamic VRAM. ComfyUI builds a layer with a loader of its own eagerly, so ``state_dict()`` lists its keys."""
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
 class EagerLoadOps(comfy.ops.disable_weight_init):
     """``comfy.ops.disable_weight_init`` whose Linear and Embedding always hold their weights from construction.
 
     Under dynamic VRAM (``comfy.memory_management.aimdo_enabled``, ComfyUI >= 0.12 on NVIDIA) comfy.ops builds
     those two layers with ``weight=None`` and fills them lazily from the state dict, so ``state_dict()`` lacks
     their keys and the core loaders (which check the file against ``state_dict()`` and load strictly) refuse
-    the file. ComfyUI skips the lazy init for a layer class with its own ``_load_from_state_dict``; PyTorch's
-    loader is that one. Same layers and results as ``disable_weight_init`` on every host.
+    the file. ComfyUI skips the lazy init for a layer class with its own ``_load_from_state_dict``
+    (:class:`PyTorchStateDictLoading`). Same layers and results as ``disable_weight_init`` on every host.
     """
 
-    class Linear(comfy.ops.disable_weight_init.Linear):
-        def _load_from_state_dict(self, *args, **kwargs):
-            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+    class Linear(PyTorchStateDictLoading, comfy.ops.disable_weight_init.Linear):
+        pass
 
-    class Embedding(comfy.ops.disable_weight_init.Embedding):
-        def _load_from_state_dict(self, *args, **kwargs):
-            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+    class Embedding(PyTorchStateDictLoading, comfy.ops.disable_weight_init.Embedding):
+        pass
 
 
 def archive_dtypes(module: torch.nn.Module) -> None:

@@ -25,10 +25,10 @@ from comfy_api.latest import io
 
 from ..ideogram4.compile import compile_transformer_blocks
 from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
-from ..ideogram4.quantization import supports_fp8_matmul
+from ..ideogram4.quantization import quantize_fp8_rowwise, supports_fp8_matmul
 
 from . import compat
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, quantize_rowwise, refuse_lora_on_fp8
+from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, refuse_lora_on_fp8
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .settings import CATEGORY
 
@@ -60,7 +60,7 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
         for key in [key for key in state if key.startswith("layers.") and key.endswith(".weight")]:
             layer = key[: -len(".weight")]
             if state[key].ndim == 2 and layer not in scales:
-                state[key], scales[layer] = quantize_rowwise(state[key])
+                state[key], scales[layer] = quantize_fp8_rowwise(state[key])
                 state[layer + ".weight_scale"] = scales[layer]
 
     config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})

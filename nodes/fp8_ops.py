@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from ..ideogram4.quantization import fp8_matmul_linear
 
+from .compat import PyTorchStateDictLoading
+
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
-FP8_E4M3_MAX = 448.0
 LORA_ON_FP8_MESSAGE = ("Ideogram 4: LoRA on fp8-stored weights is not supported; set the DiT Loader's weight_dtype "
                        "to bf16")
 # ComfyUI >= 0.4: cast_bias_weight(..., offloadable=True) + uncast_bias_weight after the weight's last use.
@@ -32,21 +33,15 @@ HAS_UNCAST = hasattr(comfy.ops, "uncast_bias_weight")
 class Ideogram4Fp8Ops(comfy.ops.manual_cast):
     """``comfy.ops.manual_cast`` whose Linear may hold an fp8 weight plus a per-row ``weight_scale``.
 
-    Linear and Embedding always hold their weights from construction (PyTorch's own state-dict loading), as in
-    :class:`compat.EagerLoadOps`, so the core loaders can list and assign every key under dynamic VRAM too.
+    Linear and Embedding always hold their weights from construction (:class:`compat.PyTorchStateDictLoading`), so
+    the core loaders can list and assign every key under dynamic VRAM too, and ``weight_scale`` loads with the weight.
     """
 
-    class Embedding(comfy.ops.manual_cast.Embedding):
-        def _load_from_state_dict(self, *args, **kwargs):
-            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
+    class Embedding(PyTorchStateDictLoading, comfy.ops.manual_cast.Embedding):
+        pass
 
-    class Linear(comfy.ops.manual_cast.Linear):
+    class Linear(PyTorchStateDictLoading, comfy.ops.manual_cast.Linear):
         # fp8 layers get a ``weight_scale`` Parameter (out,) float32 from make_fp8_layer; plain layers have none.
-
-        def _load_from_state_dict(self, *args, **kwargs):
-            # PyTorch's own loading (not the lazy weight/bias-only loader some hosts give comfy.ops layers), so
-            # ``weight_scale`` loads from the state dict together with the weight.
-            return torch.nn.Module._load_from_state_dict(self, *args, **kwargs)
 
         def forward_comfy_cast_weights(self, input, *args, **kwargs):
             weight_scale = getattr(self, "weight_scale", None)
@@ -123,15 +118,3 @@ def make_fp8_layer(linear: torch.nn.Module, weight_scale: torch.Tensor,
         torch.empty((out_features, in_features), dtype=storage_dtype, device=device), requires_grad=False
     )
     linear.weight_scale = torch.nn.Parameter(weight_scale.to(torch.float32), requires_grad=False)
-
-
-def quantize_rowwise(weight: torch.Tensor, storage_dtype: torch.dtype = FP8_STORAGE_DTYPE
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A floating ``(out, in)`` weight -> (fp8 weight, float32 per-row scale) with each row's max |w| mapped onto
-    the largest finite fp8 value (rows of zeros get scale 1). Lossy: used only when the user asks for fp8 storage
-    of an unquantised checkpoint."""
-    rows = weight.float()
-    amax = rows.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / FP8_E4M3_MAX, torch.ones_like(amax))
-    quantised = (rows / scale[:, None]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(storage_dtype)
-    return quantised, scale

@@ -16,10 +16,12 @@ import torch
 
 from ideogram4.quantization import (
     FP8_E4M3_MAX,
+    as_row_scale,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     fp8_matmul_linear,
     parse_comfy_quant,
+    quantize_fp8_rowwise,
     rowwise_scale_from_per_tensor,
     supports_fp8_matmul,
 )
@@ -171,3 +173,21 @@ def test_fp8_matmul_support_is_tried_on_the_device_not_assumed(monkeypatch):
         assert not supports_fp8_matmul("cpu", torch.bfloat16)
     finally:
         quantization._fp8_matmul_runs.cache_clear()
+
+
+def test_quantize_fp8_rowwise_is_the_official_quantiser_and_keeps_zero_rows():
+    weight = torch.randn((6, 40), generator=torch.Generator().manual_seed(3)) * 0.05
+    weight[2] = 0.0
+    quantised, scale = quantize_fp8_rowwise(weight)
+    expected_q, expected_scale = _official_quantise(weight)
+    nonzero = torch.tensor([row != 2 for row in range(6)])
+    assert torch.equal(quantised[nonzero].view(torch.uint8), expected_q[nonzero].view(torch.uint8))
+    assert torch.equal(scale[nonzero], expected_scale[nonzero])
+    assert scale[2] == 1.0 and not quantised[2].float().any()  # a zero row: scale 1, not a division by zero
+
+
+def test_as_row_scale_expands_a_per_tensor_scale_and_keeps_a_per_row_one():
+    assert torch.equal(as_row_scale(torch.tensor(0.25), 3), torch.tensor([0.25, 0.25, 0.25]))
+    per_row = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    result = as_row_scale(per_row, 2)
+    assert result.dtype == torch.float32 and torch.equal(result, torch.tensor([1.0, 2.0]))
