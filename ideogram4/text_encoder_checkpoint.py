@@ -362,19 +362,19 @@ def load_text_encoder(
     dtype: torch.dtype = torch.bfloat16,
     device=None,
     operations=None,
-    tokenizer_dir: str | pathlib.Path | None = None,
+    host_tokenizer_dir: str | pathlib.Path | None = None,
     keep_fp8_with: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
 ) -> LoadedTextEncoder:
     """Load the Qwen3-VL text encoder and its tokenizer.
 
     path: a file, shard index or folder in one of the layouts of the module docstring. dtype: weight and
-    compute dtype (bf16 = official). operations: layer namespace (:mod:`ideogram4.ops`). tokenizer_dir: the
-    tokenizer folder; when None, a ``tokenizer/`` folder beside the weights, else a ComfyUI host's
-    ``qwen25_tokenizer`` (:func:`ideogram4.tokens.find_tokenizer_dir`). keep_fp8_with: see
+    compute dtype (bf16 = official). operations: layer namespace (:mod:`ideogram4.ops`). The tokenizer is a
+    ``tokenizer/`` folder beside the weights, else ``host_tokenizer_dir`` (the running ComfyUI's bundled one,
+    which the nodes pass; :func:`ideogram4.tokens.find_tokenizer_dir`). keep_fp8_with: see
     :func:`load_text_encoder_model`.
     """
     # Find the tokenizer before reading gigabytes of weights, so a missing one fails fast.
-    found_tokenizer_dir = find_tokenizer_dir(weights_path=path, tokenizer_dir=tokenizer_dir)
+    found_tokenizer_dir = find_tokenizer_dir(path, host_tokenizer_dir)
     encoder, layout = load_text_encoder_model(path, dtype=dtype, device=device, operations=operations,
                                               keep_fp8_with=keep_fp8_with)
     return LoadedTextEncoder(

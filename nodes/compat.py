@@ -1,16 +1,58 @@
-"""Feature detection for the ComfyUI APIs that differ between the supported hosts (0.3.64 .. 0.33).
+"""Feature detection for the ComfyUI APIs that differ between the supported hosts (MIN_COMFYUI_VERSION .. 0.33),
+and what the running host ships that the pack uses (its Qwen tokenizer).
 
 Newer APIs are detected, never inferred from a version string.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import logging
+import pathlib
 
 import comfy.latent_formats
 import comfy.model_patcher
 import comfy.ops
 import torch
+
+# The oldest ComfyUI the pack supports and is tested on (the V3 node API with everything the nodes use).
+MIN_COMFYUI_VERSION = "0.3.64"
+# The Qwen2.5 tokenizer ComfyUI bundles beside its text-encoder code (the same vocabulary as Qwen3-VL's for text).
+HOST_QWEN_TOKENIZER_FOLDER = "qwen25_tokenizer"
+
+
+def host_qwen_tokenizer_dir() -> pathlib.Path | None:
+    """The running ComfyUI's bundled Qwen tokenizer folder, found from its imported ``comfy.text_encoders`` package
+    (wherever that ComfyUI is installed), or None when this host ships none."""
+    package = importlib.import_module("comfy.text_encoders")  # a namespace package: __path__, no __file__
+    for folder in getattr(package, "__path__", []):
+        candidate = pathlib.Path(folder) / HOST_QWEN_TOKENIZER_FOLDER
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def comfyui_version() -> str | None:
+    """The running ComfyUI's version string (its ``comfyui_version`` module), or None when it has none."""
+    try:
+        return importlib.import_module("comfyui_version").__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def warn_if_older_than_supported() -> bool:
+    """Log a warning when the running ComfyUI is older than :data:`MIN_COMFYUI_VERSION`; True if it is."""
+    version = comfyui_version()
+    if version is None or _version_tuple(version) >= _version_tuple(MIN_COMFYUI_VERSION):
+        return False
+    logging.warning("Ideogram 4 (reference): this ComfyUI is %s; the pack supports %s and newer. Update ComfyUI "
+                    "if a node fails.", version, MIN_COMFYUI_VERSION)
+    return True
 
 
 def patcher_class():

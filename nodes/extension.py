@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .compat import warn_if_older_than_supported
 from .dit_loader import DiTLoader
 from .noise_latent import EmptyLatent, Noise
 from .sampler_node import Sampler
@@ -27,4 +28,5 @@ NODES: list[type[io.ComfyNode]] = [
 
 class Ideogram4Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        warn_if_older_than_supported()
         return list(NODES)

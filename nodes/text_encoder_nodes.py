@@ -24,6 +24,7 @@ from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.text_encoder import image_slot_count
 from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
+from .compat import host_qwen_tokenizer_dir
 from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer
 from .settings import CATEGORY
 
@@ -62,7 +63,7 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     offload_device = comfy.model_management.text_encoder_offload_device()
     dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
     loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4Fp8Ops,
-                               keep_fp8_with=make_fp8_layer)
+                               host_tokenizer_dir=host_qwen_tokenizer_dir(), keep_fp8_with=make_fp8_layer)
     return Ideogram4TextEncoder(loaded, load_device, offload_device)
 
 

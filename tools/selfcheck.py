@@ -3,7 +3,7 @@
     python tools/selfcheck.py [--comfyui PATH] [--out selfcheck.png] [--size 64]
 
 Writes tiny random weights (tools/make_tiny_weights.py) to a temp folder, starts ComfyUI from PATH (default: the
-host the tests find: COMFYUI_PATH, the ComfyUI this pack is installed in, or ~/comfy/ComfyUI) with this pack
+host the tests find: COMFYUI_PATH, else the ComfyUI this pack is installed in) with this pack
 loaded, runs workflows/ideogram4_text_to_image.json at SIZE x SIZE, and writes the resulting PNG to --out.
 The image is noise (the weights are random): the check is that every node of the pack loads and runs in that
 ComfyUI. Exits 0 on success; otherwise prints what failed (with the server log's tail) and exits 1.
@@ -92,7 +92,7 @@ def run_selfcheck(comfyui=None, out=pathlib.Path("selfcheck.png"), size=64, log=
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the Ideogram 4 text-to-image workflow headless with tiny models.")
-    parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, the host this pack sits in, ~/comfy/ComfyUI)")
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, else the ComfyUI this pack sits in)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("selfcheck.png"), help="where to write the PNG")
     parser.add_argument("--size", type=int, default=64, help="width and height (a multiple of 16)")
     args = parser.parse_args(argv)

@@ -140,7 +140,8 @@ def test_text_encoder_keeps_fp8_weights_and_gives_the_features_of_the_one_time_d
     assert q_proj.weight.dtype == torch.float8_e4m3fn and q_proj.weight_scale.dtype == torch.float32
     assert encoder.loaded.encoder.embed_tokens.weight.dtype == torch.float32  # stored bf16: cast, not quantised
     path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
-    dequantised_at_load = load_text_encoder(path, dtype=torch.float32)
+    dequantised_at_load = load_text_encoder(path, dtype=torch.float32,
+                                            host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     assert dequantised_at_load.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.float32
     assert torch.equal(encoder.encode(PROMPT), dequantised_at_load.encode([PROMPT])[0])
 
@@ -151,9 +152,11 @@ def test_text_encoder_fp8_layers_in_bf16_match_the_official_dequantisation_bit_f
     fp8_ops = host.nodes.fp8_ops
     path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
     kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4Fp8Ops,
-                             keep_fp8_with=fp8_ops.make_fp8_layer)
+                             keep_fp8_with=fp8_ops.make_fp8_layer,
+                             host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     assert kept.encoder.layers[35].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
-    dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16)
+    dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16,
+                                            host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     assert torch.equal(kept.encode([PROMPT])[0], dequantised_at_load.encode([PROMPT])[0])
 
 

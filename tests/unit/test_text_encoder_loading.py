@@ -396,9 +396,8 @@ def test_inspection_reads_no_tensor_data(hf_model, tmp_path, read_keys):
 
 
 def test_load_text_encoder_from_a_repository_root_finds_the_tokenizer_beside_it(
-    hf_model, language_model_state, tmp_path, qwen_tokenizer_dir, monkeypatch
+    hf_model, language_model_state, tmp_path, qwen_tokenizer_dir
 ):
-    monkeypatch.delenv("COMFYUI_PATH", raising=False)
     hf_model.save_pretrained(tmp_path / "repo" / "text_encoder")
     shutil.copytree(qwen_tokenizer_dir, tmp_path / "repo" / "tokenizer")
 
