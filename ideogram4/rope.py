@@ -1,4 +1,5 @@
-"""Interleaved multi-axis rotary position embedding (MRoPE) of the Ideogram 4 DiT (spec A.5).
+"""Rotary position embedding: the interleaved multi-axis MRoPE of the Ideogram 4 DiT (spec A.5), and the rotation
+and frequencies the Qwen3-VL text encoder shares with it.
 
 Positions are ``(t, h, w)`` integer triples. Image tokens sit at ``65536 + (0, row, col)``, where bfloat16 keeps
 only 8 significant bits (every position in [65536, 65791] rounds to 65536) and TF32 only 11, so positions and angle

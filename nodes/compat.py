@@ -16,6 +16,8 @@ import comfy.model_patcher
 import comfy.ops
 import torch
 
+from ..ideogram4.constants import PIXELS_PER_TOKEN, TOKEN_CHANNELS
+
 # The oldest ComfyUI the pack supports and is tested on (the V3 node API with everything the nodes use).
 MIN_COMFYUI_VERSION = "0.3.64"
 # The Qwen2.5 tokenizer ComfyUI bundles beside its text-encoder code (the same vocabulary as Qwen3-VL's for text).
@@ -149,8 +151,8 @@ class Ideogram4LatentFormat(comfy.latent_formats.LatentFormat):
     """The pack's LATENT on hosts without ``latent_formats.Flux2``: 128 channels at 1/16 resolution, stored as is
     (no scale or shift: the samples already are Ideogram-normalised tokens). No RGB preview factors."""
 
-    latent_channels = 128
-    spacial_downscale_ratio = 16
+    latent_channels = TOKEN_CHANNELS
+    spacial_downscale_ratio = PIXELS_PER_TOKEN
 
     def process_in(self, latent):
         return latent
