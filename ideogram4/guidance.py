@@ -1,4 +1,4 @@
-"""Parse a user-written per-step guidance schedule (sampling order: first step first).
+"""Parse a user-written per-step guidance schedule (sampling order: first step first), and write one.
 
 Accepted forms (whitespace around items is ignored):
 
@@ -20,6 +20,23 @@ import re
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _SINGLE = re.compile(rf"({_NUMBER})")
 _RUN = re.compile(rf"({_NUMBER})\s*[xX×*]\s*(\d+)")
+
+
+def format_guidance_schedule(guidance) -> str:
+    """``guidance`` (sampling order) as the run text :func:`parse_guidance_schedule` reads back exactly:
+    ``VALUExCOUNT`` per run of equal values, e.g. ``"7x18,3x2"``."""
+    runs: list[list] = []
+    for value in guidance:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return ",".join(f"{_number_text(value)}x{count}" for value, count in runs)
+
+
+def _number_text(value: float) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 class GuidanceScheduleError(ValueError):

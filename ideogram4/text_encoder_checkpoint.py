@@ -54,7 +54,6 @@ from .tokens import find_tokenizer_dir, load_tokenizer
 # The key that identifies a Qwen3 decoder (per-head q norm) and, by what precedes it, the language model prefix.
 _Q_NORM_SUFFIX = "layers.0.self_attn.q_norm.weight"
 _LAYER_KEY = re.compile(r"layers\.(\d+)\.")
-OFFICIAL_FP8_CONFIG_FLAG = "ideogram_fp8_weight_only"
 QWEN3_VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_text")
 HF_TEXT_ENCODER_SUBFOLDER = "text_encoder"
 

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..ideogram4.constants import PIXELS_PER_TOKEN
-from ..ideogram4.guidance import parse_guidance_schedule
-from ..ideogram4.presets import V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset
+from ..ideogram4.guidance import format_guidance_schedule, parse_guidance_schedule
+from ..ideogram4.presets import DEFAULT_PRESET as DEFAULT_SAMPLER_PRESET
+from ..ideogram4.presets import PRESETS as OFFICIAL_PRESETS
+from ..ideogram4.presets import SamplerPreset
 
 CATEGORY = "Ideogram 4"
 CUSTOM = "Custom"
-PRESETS: dict[str, SamplerPreset] = {"Default 20": V4_DEFAULT_20, "Quality 48": V4_QUALITY_48, "Turbo 12": V4_TURBO_12}
+PRESETS: dict[str, SamplerPreset] = {preset.label: preset for preset in OFFICIAL_PRESETS.values()}
 PRESET_NAMES = [*PRESETS, CUSTOM]
-DEFAULT_PRESET = "Default 20"
+DEFAULT_PRESET = DEFAULT_SAMPLER_PRESET.label
 MAX_SIZE = 16384
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 
@@ -96,24 +98,24 @@ def preset_input() -> io.Combo.Input:
 
 
 def steps_input() -> io.Int.Input:
-    return io.Int.Input("steps", default=V4_DEFAULT_20.steps, min=1, max=500,
+    return io.Int.Input("steps", default=DEFAULT_SAMPLER_PRESET.steps, min=1, max=500,
                         tooltip="Number of sampling steps. Used only when preset is Custom.")
 
 
 def mu_input() -> io.Float.Input:
-    return io.Float.Input("mu", default=V4_DEFAULT_20.mu, min=-10.0, max=10.0, step=0.01,
+    return io.Float.Input("mu", default=DEFAULT_SAMPLER_PRESET.mu, min=-10.0, max=10.0, step=0.01,
                           tooltip="Mean of the logit-normal time schedule before the resolution shift. "
                                   "Used only when preset is Custom.")
 
 
 def std_input() -> io.Float.Input:
-    return io.Float.Input("std", default=V4_DEFAULT_20.std, min=0.01, max=10.0, step=0.01,
+    return io.Float.Input("std", default=DEFAULT_SAMPLER_PRESET.std, min=0.01, max=10.0, step=0.01,
                           tooltip="Spread of the logit-normal time schedule. Used only when preset is Custom.")
 
 
 def guidance_input() -> io.String.Input:
     return io.String.Input(
-        "guidance_schedule", default="7x18,3x2", multiline=False,
+        "guidance_schedule", default=format_guidance_schedule(DEFAULT_SAMPLER_PRESET.guidance), multiline=False,
         tooltip="Per-step guidance, first step first: one number for all steps ('7'), one number per step "
                 "('7, 7, 3'), or runs VALUExCOUNT ('7x18,3x2'); the lengths must add up to steps. "
                 "Used only when preset is Custom.")

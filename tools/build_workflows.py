@@ -15,6 +15,12 @@ import pathlib
 import sys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from ideogram4.guidance import format_guidance_schedule  # noqa: E402
+from ideogram4.presets import PRESETS as OFFICIAL_PRESETS  # noqa: E402
+
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 PACK_ID = "comfyui-ideogram4-reference"  # the registry id in pyproject.toml (cnr_id)
 PACK_VERSION = "0.1.0"
@@ -30,12 +36,9 @@ MODEL_HINTS = {
     VAE_FILE: ("https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/" + VAE_FILE, "vae"),
 }
 
-# Official presets: (combo label, steps, mu, std, guidance schedule text in sampling order).
-PRESETS = {
-    "Default 20": (20, 0.0, 1.75, "7x18,3x2"),
-    "Quality 48": (48, 0.0, 1.5, "7x45,3x3"),
-    "Turbo 12": (12, 0.5, 1.75, "7x11,3x1"),
-}
+# Official presets by the label the nodes show: (steps, mu, std, guidance schedule text in sampling order).
+PRESETS = {preset.label: (preset.steps, preset.mu, preset.std, format_guidance_schedule(preset.guidance))
+           for preset in OFFICIAL_PRESETS.values()}
 
 # Node schemas: inputs in declaration order as (name, type, is_widget), outputs as (name, type).
 # A widget named "seed" carries ComfyUI's extra control_after_generate entry in widgets_values.
