@@ -123,8 +123,8 @@ def find_tokenizer_dir(weights_path: str | os.PathLike, host_tokenizer_dir: str 
             return candidate
     raise TokenizerNotFoundError(
         "No Qwen tokenizer data found. Looked in: " + ", ".join(str(p) for p in searched) + ". Put a "
-        "'tokenizer' folder (tokenizer_config.json, vocab.json, merges.txt) beside the text encoder weights "
-        "(the one of the official release's Hugging Face folder works)."
+        "'tokenizer' folder (tokenizer_config.json, vocab.json, merges.txt) beside the text encoder weights, for "
+        "example the official release's tokenizer/ folder."
     )
 
 
