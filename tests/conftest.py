@@ -46,8 +46,8 @@ def _fail_a_skip_for_want_of_a_host(report) -> None:
     gets the skip and its message)."""
     if not (report.skipped and running_in_ci()):
         return
-    # Every host test that can skip for want of a host finds it through hostfind, so it is imported by then.
-    hostfind = sys.modules.get("hostfind")
+    # Every host test that can skip for want of a host finds it through tools.hostfind, so it is imported by then.
+    hostfind = sys.modules.get("tools.hostfind")
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     if hostfind is not None and hostfind.NO_HOST in reason:
         report.outcome = "failed"

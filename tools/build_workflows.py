@@ -1,7 +1,7 @@
 """Write the example workflows in workflows/ (ComfyUI UI format, version 0.4, as the frontend saves it).
 
-    python tools/build_workflows.py            # rewrite workflows/*.json
-    python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
+    python -m tools.build_workflows            # rewrite workflows/*.json
+    python -m tools.build_workflows --check    # exit 1 if a file differs from what this script writes
 
 One small graph builder keeps the four files consistent: the same loaders with the same download hints
 (``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
@@ -15,8 +15,8 @@ import pathlib
 import sys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if __package__ in (None, ""):  # run as a file: the imports below need the pack's folder on the module path
+    raise SystemExit(f"run it from the pack's folder as a module: python -m tools.{pathlib.Path(__file__).stem} ...")
 
 from ideogram4.guidance import format_guidance_schedule  # noqa: E402
 from ideogram4.presets import PRESETS as OFFICIAL_PRESETS  # noqa: E402
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     if stale:
-        print(f"out of date (run python tools/build_workflows.py): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (run python -m tools.build_workflows): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """Write tiny random Ideogram 4 stand-in models in the real file layouts, under the file names users have.
 
-    python tools/make_tiny_weights.py MODELS_DIR [--seed 0] [--dit-format fp8|bf16]
+    python -m tools.make_tiny_weights MODELS_DIR [--seed 0] [--dit-format fp8|bf16]
 
 writes, under ``MODELS_DIR`` (a ComfyUI ``models`` folder layout):
 
@@ -35,9 +35,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if __package__ in (None, ""):  # run as a file: the imports below need the pack's folder on the module path
+    raise SystemExit(f"run it from the pack's folder as a module: python -m tools.{pathlib.Path(__file__).stem} ...")
 
 from ideogram4.constants import QWEN3_VL_ACTIVATION_LAYERS  # noqa: E402
 from ideogram4.dit import Ideogram4DiT  # noqa: E402

@@ -23,7 +23,7 @@ import types
 
 import pytest
 
-import hostfind
+from tools import hostfind
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACK_MODULE_NAME = "ideogram4_reference_pack"
@@ -75,8 +75,8 @@ def _share_core_modules_with_pack(pack_name: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _import_host(host_dir: str) -> types.SimpleNamespace:
-    # The host folder goes first: it has top-level modules (nodes.py, server.py, utils/) whose names this repo
-    # also uses (nodes/, tests/host/server.py); ComfyUI's must win inside ComfyUI's own imports.
+    # The host folder goes first: it has top-level modules (nodes.py, server.py, utils/), and this repo's nodes/
+    # has one of those names; ComfyUI's must win inside ComfyUI's own imports.
     sys.path.insert(0, host_dir)
     for name in ("nodes", "server", "utils"):
         module = sys.modules.get(name)

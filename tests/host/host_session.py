@@ -8,21 +8,17 @@ start on two cores, so modules share it across their tests) and converts the exa
 import json
 import pathlib
 import shutil
-import sys
 
 import pytest
 
-import hostfind
-from server import SINGLE_THREAD_ENV, ComfyServer, PromptRejected, execution_error, succeeded
-from workflow_api import nodes_of_type, to_api_prompt
+from tools import hostfind
+from tools.comfy_server import SINGLE_THREAD_ENV, ComfyServer, PromptRejected, execution_error, succeeded
+from tools.workflow_api import nodes_of_type, to_api_prompt
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 WORKFLOW_NAMES = sorted(path.name for path in WORKFLOWS_DIR.glob("*.json"))
 SIZE_INPUTS = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent"}
-
-if str(REPO_ROOT / "tools") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 
 def require_host() -> tuple[pathlib.Path, pathlib.Path]:
@@ -41,9 +37,9 @@ def serve(tmp_path_factory, name: str, extra_args=(), prepare_models=None, layou
     """Generator for a module-scoped fixture: tiny weights, one started server, stopped (by PID) afterwards.
 
     ``prepare_models(models_dir, paths)`` may add files (e.g. wrongly placed ones) before the server starts;
-    ``layout``: how the pack is installed in the host (:class:`server.ComfyServer`).
+    ``layout``: how the pack is installed in the host (:class:`tools.comfy_server.ComfyServer`).
     """
-    from make_tiny_weights import write_tiny_weights  # imports torch and the core: only when a host exists
+    from tools.make_tiny_weights import write_tiny_weights  # imports torch and the core: only when a host exists
 
     host, python = require_host()
     work = tmp_path_factory.mktemp(name)

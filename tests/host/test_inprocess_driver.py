@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import comfy_inprocess
-import hostfind
+from tools import hostfind
 
 HERE = pathlib.Path(__file__).resolve().parent
 TIMEOUT_S = 1800

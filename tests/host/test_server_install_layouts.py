@@ -1,10 +1,10 @@
 """The pack finds what it needs from the running ComfyUI wherever the pack and that ComfyUI are installed.
 
-Every server here runs without ``COMFYUI_PATH`` (server.py keeps the tests' host variables out of its
-environment) and with the Comfy-Org single-file text encoder and no ``tokenizer/`` folder beside it, so the Qwen
+Every server here runs without ``COMFYUI_PATH`` (tools/comfy_server.py keeps the tests' host variables out of
+its environment) and with the Comfy-Org single-file text encoder and no ``tokenizer/`` folder beside it, so the Qwen
 tokenizer can only come from the running host's own ``comfy`` package. Two installs: the pack in a
 ``custom_nodes`` folder outside the ComfyUI folder (``extra_model_paths.yaml``, as the Desktop app has it; this
-is also how ``tools/selfcheck.py`` runs), and the pack in ComfyUI's own ``custom_nodes`` folder
+is also how ``tools.selfcheck`` runs), and the pack in ComfyUI's own ``custom_nodes`` folder
 (``--base-directory``).
 """
 
@@ -16,11 +16,10 @@ import sys
 import pytest
 
 from host_session import REPO_ROOT, require_host, run_ok, serve, workflow_prompt
-from server import HOST_FINDER_VARIABLES
+from tools.comfy_server import HOST_FINDER_VARIABLES
 
 pytestmark = pytest.mark.host
 
-SELFCHECK = REPO_ROOT / "tools" / "selfcheck.py"
 SELFCHECK_TIMEOUT_S = 600
 
 
@@ -56,8 +55,9 @@ def test_selfcheck_runs_on_a_comfyui_given_only_by_its_folder(tmp_path):
     environment["COMFYUI_PYTHON"] = str(python)  # the tests' way to name this host's Python; never the server's
     out = tmp_path / "selfcheck.png"
 
-    result = subprocess.run([sys.executable, str(SELFCHECK), "--comfyui", str(host), "--out", str(out)],
-                            cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=SELFCHECK_TIMEOUT_S)
+    result = subprocess.run([sys.executable, "-m", "tools.selfcheck", "--comfyui", str(host), "--out", str(out)],
+                            cwd=REPO_ROOT, env=environment, capture_output=True, text=True,
+                            timeout=SELFCHECK_TIMEOUT_S)
 
     assert result.returncode == 0, f"selfcheck failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

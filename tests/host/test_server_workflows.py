@@ -18,7 +18,7 @@ from host_session import (
     the_node,
     workflow_prompt,
 )
-from workflow_api import validate_workflow
+from tools.workflow_api import validate_workflow
 
 pytestmark = pytest.mark.host
 

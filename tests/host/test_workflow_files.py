@@ -9,9 +9,9 @@ import json
 import pytest
 
 from host_session import WORKFLOWS_DIR, load_workflow
-from workflow_api import WorkflowError, to_api_prompt, validate_workflow, widget_slots
+from tools.workflow_api import WorkflowError, to_api_prompt, validate_workflow, widget_slots
 
-import build_workflows
+from tools import build_workflows
 from ideogram4.caption import validate_caption
 
 DOWNLOAD_HINTS = {
@@ -52,7 +52,7 @@ def _object_info_from_build_schemas() -> dict:
 def test_workflow_files_are_what_the_generator_writes():
     for name, workflow in build_workflows.all_workflows().items():
         on_disk = (WORKFLOWS_DIR / name).read_text(encoding="utf-8")
-        assert on_disk == build_workflows.render(workflow), f"{name} is stale: run python tools/build_workflows.py"
+        assert on_disk == build_workflows.render(workflow), f"{name} is stale: run python -m tools.build_workflows"
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_OF_FILE))

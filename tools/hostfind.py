@@ -9,7 +9,7 @@ import os
 import pathlib
 import sys
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Starts every reason a host test skips for want of a usable host; with CI=true such a skip fails (tests/conftest.py).
 NO_HOST = "no usable ComfyUI host"
 

@@ -31,9 +31,9 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from websocket_lite import WebSocket
+from .websocket_lite import WebSocket
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "comfyui-ideogram4-reference"
 MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae")
 LAYOUTS = ("extra_model_paths", "base_directory")
@@ -43,7 +43,7 @@ STARTUP_TIMEOUT_S = 180.0
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-# Tell the tests (tests/host/hostfind.py) where a host is; never part of a running server's environment.
+# Tell the tests and tools (tools/hostfind.py) where a host is; never part of a running server's environment.
 HOST_FINDER_VARIABLES = ("COMFYUI_PATH", "COMFYUI_PYTHON")
 
 
