@@ -18,6 +18,7 @@ official loop) up to float rounding:
 from __future__ import annotations
 
 import comfy.model_management
+import comfy.sampler_helpers
 import comfy.samplers
 import torch
 from comfy_api.latest import io
@@ -25,7 +26,7 @@ from comfy_api.latest import io
 from ..ideogram4.sampler import img2img_start
 from ..ideogram4.schedule import logit_normal_schedule
 
-from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA
+from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA, sampling_transformer_options, step_transformer_options
 from .settings import (
     CATEGORY,
     check_size,
@@ -117,12 +118,20 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                 f"(one per step); set the same preset and steps in Ideogram 4 Scheduler and Ideogram 4 Guider (the "
                 f"Scheduler gives {steps} steps, the Guider expects {entries}).")
 
-    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
         self.check_step_count(sigmas)  # before any model is loaded
         # float64 SIGMAS (Ideogram 4 Scheduler) carry the exact official times; sampling itself runs on float32
         # sigmas so the latent stays float32 for the sampler, previews and other nodes.
         self.exact_times = [1.0 - float(s) for s in sigmas.tolist()] if sigmas.dtype == torch.float64 else None
-        return super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), *args, **kwargs)
+        samples = super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), denoise_mask, *args,
+                                 **kwargs)
+        if denoise_mask is None or len(sigmas) < 2:
+            return samples
+        # ComfyUI's inpainting keeps the unmasked region on the noised input at every step; the official schedule
+        # stops at 1 - t_max, not 0, so that region still holds a trace of noise at the end: give back the input
+        # there, as the Ideogram 4 Sampler does.
+        mask = comfy.sampler_helpers.prepare_mask(denoise_mask, samples.shape, samples.device).float()
+        return samples * mask + latent_image.to(samples) * (1.0 - mask)
 
     def exact_time(self, timestep: torch.Tensor, model_options: dict) -> float | None:
         """The official model time of the current sigma when it is a schedule point of float64 SIGMAS."""
@@ -133,8 +142,21 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         return self.exact_times[index] if bool((timestep == sigmas[index]).all()) else None
 
     def outer_sample(self, *args, **kwargs):
+        # The unconditional patcher is prepared and cleaned like the conditional one (CFGGuider.outer_sample does
+        # that for its own patcher, and for extra device clones). After a successful run ComfyUI's cleanup of the
+        # additional models has already cleaned it; after an exception nothing has, so it is cleaned here.
+        self.uncond_options = None
+        finished = False
         self.uncond_patcher.pre_run()
-        return super().outer_sample(*args, **kwargs)
+        try:
+            self.uncond_options = sampling_transformer_options(self.uncond_patcher)
+            output = super().outer_sample(*args, **kwargs)
+            finished = True
+            return output
+        finally:
+            self.uncond_options = None
+            if not finished:
+                self.uncond_patcher.cleanup()
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         guidance = self.guidance_for(timestep, model_options)
@@ -145,10 +167,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             model_options["transformer_options"] = {**model_options["transformer_options"], EXACT_TIME_KEY: exact_time}
         positive = self.conds.get("positive", None)
         cond = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
-        uncond_options = dict(self.uncond_patcher.model_options.get("transformer_options", {}))
+        uncond_options = step_transformer_options(self.uncond_options, timestep, 1, exact_time)
         uncond_options["sample_sigmas"] = sample_sigmas
-        if exact_time is not None:
-            uncond_options[EXACT_TIME_KEY] = exact_time
         uncond = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=uncond_options)
         return comfy.samplers.cfg_function(self.inner_model, cond, uncond, guidance, x, timestep,
                                            model_options=model_options, cond=positive, uncond=None)

@@ -204,9 +204,10 @@ def test_progress_bar_advances_every_step_and_cancel_stops_within_one_step(host,
     cond_dit = pack_models[0].model.diffusion_model
     forward = type(cond_dit).forward
 
-    def counting_forward(module, *args, **kwargs):
-        calls.append(1)
-        return forward(module, *args, **kwargs)
+    def counting_forward(module, x, *args, **kwargs):
+        if x.ndim == 4:  # ComfyUI's diffusion-model call (the core forward it runs inside is not counted again)
+            calls.append(1)
+        return forward(module, x, *args, **kwargs)
 
     def cancel_after_first_step(bar, value, total=None, preview=None):
         updates.append((value, total))
@@ -282,12 +283,3 @@ def test_preview_shows_the_clean_image_estimate_of_each_step(host):
     for step, s in enumerate(times[1:]):
         z_s = s * x0 + (1 - s) * eps
         assert torch.allclose(reporter.preview_tokens(step, z_s), x0, atol=1e-5)
-
-
-def test_pack_sampler_says_it_ignores_an_inpainting_mask(host, pack_models, caplog):
-    clean = torch.zeros((1, 128, HEIGHT // 16, WIDTH // 16))
-    mask = torch.ones((1, 1, HEIGHT // 16, WIDTH // 16))
-    with caplog.at_level("WARNING"):
-        masked = run_pack_sampler(host, pack_models, latent={"samples": clean, "noise_mask": mask}, denoise=0.5)
-    assert "noise mask" in caplog.text and "re-sampled" in caplog.text
-    assert torch.equal(masked, run_pack_sampler(host, pack_models, latent={"samples": clean}, denoise=0.5))
