@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 
-import comfy.cli_args
 import comfy.model_management
 import torch
+
+from . import compat
 
 COMPUTE_DTYPES = (torch.bfloat16, torch.float32)
 
@@ -30,7 +31,7 @@ def default_compute_dtype(device) -> torch.dtype:
 def _checked(dtype: torch.dtype, device, other_flags: tuple[str, ...], model: str) -> torch.dtype:
     if dtype in COMPUTE_DTYPES:
         return dtype
-    flags = [name for name in other_flags if getattr(comfy.cli_args.args, name, False)]
+    flags = [name for name in other_flags if compat.cli_flag(name)]
     if flags:
         logging.warning("Ideogram 4: the %s computes in bf16 or fp32 only; --%s is not used for it.", model,
                         flags[0].replace("_", "-"))
