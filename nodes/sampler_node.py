@@ -3,8 +3,11 @@
 The node draws the official noise on the compute device, builds the official schedule and guidance list, loads
 both transformers through ``comfy.model_management.load_models_gpu`` (ComfyUI loads each partially when they do
 not fit) and integrates with the core sampler, whose velocity callables run the core velocity functions on the
-patchers' DiTs. The output LATENT is the core sampler's result permuted to the LATENT layout (bit-identical
-values).
+patchers' models through ComfyUI's diffusion-model call (:func:`.model_wrapper.model_velocity`: wrappers, block
+patches and ``transformer_options`` of the MODELs apply; each patcher is prepared with ``pre_run`` and cleaned in a
+``finally``). The output LATENT is the core sampler's result permuted to the LATENT layout (bit-identical values).
+A LATENT ``noise_mask`` is resized to the latent grid as ComfyUI's samplers do and re-samples only the masked area
+(:class:`ideogram4.sampler.InpaintRegion`).
 """
 
 from __future__ import annotations
@@ -182,7 +185,9 @@ class Sampler(io.ComfyNode):
                 batch_size_input(),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Optional start latent for img2img; when connected, its size and batch "
-                                        "replace width, height and batch_size."),
+                                        "replace width, height and batch_size. A noise mask on it (Set Latent "
+                                        "Noise Mask, VAE Encode (for Inpainting)) re-samples only the masked "
+                                        "area; the rest comes back unchanged."),
                 denoise_input("Fraction of the schedule to run (img2img; needs a latent). 1 = from pure noise; "
                               "lower keeps only the last steps, polish steps included.", optional=True),
             ],
