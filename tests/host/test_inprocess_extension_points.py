@@ -142,8 +142,9 @@ def test_an_exception_mid_sampling_still_cleans_both_patchers_and_the_next_run_s
     patchers = []
     for patcher, name in ((cond, "cond"), (uncond, "uncond")):
         clone = patcher.clone()
-        clone.add_callback(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, lambda p, name=name: events.append(("pre_run", name)))
-        clone.add_callback(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, lambda p, name=name: events.append(("cleanup", name)))
+        for event, kind in (("pre_run", comfy.patcher_extension.CallbacksMP.ON_PRE_RUN),
+                            ("cleanup", comfy.patcher_extension.CallbacksMP.ON_CLEANUP)):
+            clone.add_callback(kind, lambda unused, event=event, name=name: events.append((event, name)))
         patchers.append(clone)
     steps_run = []
 
