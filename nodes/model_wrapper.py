@@ -16,7 +16,8 @@ native ``SamplerCustomAdvanced`` + euler reproduce the official loop,
   would divide it by ``1 - sigma_last``).
 
 The model time is ``1 - sigma``, except when the Ideogram 4 Guider passes the exact official time of the step in
-``transformer_options[EXACT_TIME_KEY]`` (a float32 sigma near 1 cannot hold a small time exactly).
+``transformer_options[EXACT_TIME_KEY]`` (a float32 sigma near 1 cannot hold a small time exactly); the pack
+Sampler does the same for every call.
 """
 
 from __future__ import annotations
@@ -198,7 +199,3 @@ class Ideogram4Model(comfy.model_base.BaseModel):
             if mask is not None and not bool(mask.bool().all()):
                 out["attention_mask"] = comfy.conds.CONDRegular(mask)
         return out
-
-    def velocity_model(self) -> Ideogram4DiffusionModel:
-        """The core DiT, for callers that run :mod:`ideogram4.velocity` on tokens directly (the pack sampler)."""
-        return self.diffusion_model
