@@ -190,6 +190,20 @@ def _loaders(graph, y=120):
     return dit, encode, vae
 
 
+def _graph_with_loaders(note):
+    """A new graph with the artist's Note and the loaders: (graph, DiT loader, Text Encode, VAE loader)."""
+    graph = Graph()
+    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    return (graph, *_loaders(graph))
+
+
+def _wire_models(graph, dit, encode, target):
+    """Both transformers and the text features into a sampling node (Sampler or Guider)."""
+    graph.link(dit, "cond_model", target, "cond_model")
+    graph.link(dit, "uncond_model", target, "uncond_model")
+    graph.link(encode, "CONDITIONING", target, "conditioning")
+
+
 def _loader_note(preset_name):
     steps, _, _, guidance = PRESETS[preset_name]
     return (
@@ -214,16 +228,12 @@ def _loader_note(preset_name):
 
 def one_node_sampler_workflow(preset_name, width, height, prefix):
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
     sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
     save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    _wire_models(graph, dit, encode, sampler)
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
@@ -233,7 +243,6 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
 def native_interop_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) with ComfyUI's own sampler nodes\n\n"
         "Same result as the one-node sampler, built from parts so you can swap pieces: the pack's Scheduler gives "
@@ -244,8 +253,7 @@ def native_interop_workflow():
         "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(note)
     guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
     scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
     noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
@@ -254,9 +262,7 @@ def native_interop_workflow():
     sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
     decode = graph.add("VAEDecode", (1640, 120), (220, 50))
     save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
-    graph.link(dit, "cond_model", guider, "cond_model")
-    graph.link(dit, "uncond_model", guider, "uncond_model")
-    graph.link(encode, "CONDITIONING", guider, "conditioning")
+    _wire_models(graph, dit, encode, guider)
     graph.link(noise, "NOISE", sampler, "noise")
     graph.link(guider, "GUIDER", sampler, "guider")
     graph.link(select, "SAMPLER", sampler, "sampler")
@@ -271,7 +277,6 @@ def native_interop_workflow():
 def inpaint_workflow():
     preset_name = "Default 20"
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) - inpainting\n\n"
         "Re-draws only the masked part of an image. Load your image, right-click Load Image and choose 'Open in "
@@ -284,8 +289,7 @@ def inpaint_workflow():
         "values keep more of what was there.\n\n"
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(note)
     image = graph.add("LoadImage", (460, 480), (420, 340), [INPAINT_IMAGE, "image"])
     vae_encode = graph.add("VAEEncode", (920, 480), (220, 50))
     set_mask = graph.add("SetLatentNoiseMask", (920, 580), (260, 50))
@@ -297,9 +301,7 @@ def inpaint_workflow():
     graph.link(vae, "VAE", vae_encode, "vae")
     graph.link(vae_encode, "LATENT", set_mask, "samples")
     graph.link(image, "MASK", set_mask, "mask")
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    _wire_models(graph, dit, encode, sampler)
     graph.link(set_mask, "LATENT", sampler, "latent")
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")

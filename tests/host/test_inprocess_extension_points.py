@@ -13,37 +13,26 @@ import comfy_inprocess
 
 comfy_inprocess.skip_module_unless_in_host()
 
+import test_inprocess_sampler as sampling  # noqa: E402  (the sampling runs and their settings)
 import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only worth it in the host)
 
-WIDTH, HEIGHT = 64, 48  # 4 x 3 tokens
-SEED, STEPS, MU, STD, GUIDANCE = 77, 3, 0.0, 1.75, "5x2,2"
 WRAPPER_KEY = "ideogram4_reference_test"
+STEPS = sampling.STEPS
 
 
 def run_pack_sampler(host, cond, uncond, conditioning):
-    (out,) = comfy_inprocess.run_node(
-        host.nodes.sampler_node.Sampler, cond_model=cond, uncond_model=uncond, conditioning=conditioning,
-        preset="Custom", steps=STEPS, mu=MU, std=STD, guidance_schedule=GUIDANCE, seed=SEED, width=WIDTH,
-        height=HEIGHT, batch_size=1)
-    return out["samples"]
+    return sampling.run_pack_sampler(host, (cond, uncond, conditioning))
 
 
 def run_native_path(host, cond, uncond, conditioning):
     """Ideogram 4 Scheduler + Guider + Noise with native KSamplerSelect(euler) and SamplerCustomAdvanced."""
-    nodes = host.nodes
-    (sigmas,) = comfy_inprocess.run_node(nodes.scheduler_guider.Scheduler, preset="Custom", steps=STEPS, mu=MU,
-                                         std=STD, width=WIDTH, height=HEIGHT, denoise=1.0)
-    (guider,) = comfy_inprocess.run_node(nodes.scheduler_guider.Guider, cond_model=cond, uncond_model=uncond,
-                                         conditioning=conditioning, preset="Custom", steps=STEPS,
-                                         guidance_schedule=GUIDANCE)
-    (noise,) = comfy_inprocess.run_node(nodes.noise_latent.Noise, seed=SEED)
-    (empty,) = comfy_inprocess.run_node(nodes.noise_latent.EmptyLatent, width=WIDTH, height=HEIGHT, batch_size=1)
-    select = comfy_inprocess.native_node("comfy_extras.nodes_custom_sampler", "KSamplerSelect")
-    (sampler,) = comfy_inprocess.run_node(select, sampler_name="euler")
-    advanced = comfy_inprocess.native_node("comfy_extras.nodes_custom_sampler", "SamplerCustomAdvanced")
-    out = comfy_inprocess.run_node(advanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                                   latent_image=empty)
-    return out[0]["samples"]
+    (empty,) = comfy_inprocess.run_node(host.nodes.noise_latent.EmptyLatent, width=sampling.WIDTH,
+                                        height=sampling.HEIGHT, batch_size=1)
+    return sampling.run_native_path(host, (cond, uncond, conditioning), empty)
+
+
+SAMPLING_PATHS = {"pack Sampler": run_pack_sampler, "SamplerCustomAdvanced + Guider": run_native_path}
+each_sampling_path = pytest.mark.parametrize("run", list(SAMPLING_PATHS.values()), ids=list(SAMPLING_PATHS))
 
 
 def recording_wrapper(calls: list, name: str):
@@ -67,16 +56,15 @@ def with_diffusion_model_wrapper(patcher, calls, name):
     return clone
 
 
-@pytest.mark.parametrize("path", ["pack Sampler", "SamplerCustomAdvanced + Guider"])
-def test_diffusion_model_wrappers_of_both_models_run_every_step_and_change_nothing(host, pack_models, path):
+@each_sampling_path
+def test_diffusion_model_wrappers_of_both_models_run_every_step_and_change_nothing(host, pack_models, run):
     cond, uncond, conditioning = pack_models
-    run = run_pack_sampler if path == "pack Sampler" else run_native_path
     plain = run(host, cond, uncond, conditioning)
     calls = []
     wrapped = run(host, with_diffusion_model_wrapper(cond, calls, "cond"),
                   with_diffusion_model_wrapper(uncond, calls, "uncond"), conditioning)
     assert torch.equal(wrapped, plain)
-    latent_shape = (1, 128, HEIGHT // 16, WIDTH // 16)
+    latent_shape = (1, 128, sampling.HEIGHT // 16, sampling.WIDTH // 16)
     assert [call[0] for call in calls] == ["cond", "uncond"] * STEPS
     assert all(call[1] == latent_shape and call[4] for call in calls)
     assert [call[3] for call in calls] == [(0,), (1,)] * STEPS
@@ -99,10 +87,9 @@ def test_apply_model_wrappers_run_on_the_native_path(host, pack_models):
     assert [call[0] for call in calls] == ["cond", "uncond"] * STEPS
 
 
-@pytest.mark.parametrize("path", ["pack Sampler", "SamplerCustomAdvanced + Guider"])
-def test_block_replace_patches_see_every_block_and_can_call_the_original(host, pack_models, path):
+@each_sampling_path
+def test_block_replace_patches_see_every_block_and_can_call_the_original(host, pack_models, run):
     cond, uncond, conditioning = pack_models
-    run = run_pack_sampler if path == "pack Sampler" else run_native_path
     plain = run(host, cond, uncond, conditioning)
     seen = []
 
@@ -131,12 +118,11 @@ class Failure(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("path", ["pack Sampler", "SamplerCustomAdvanced + Guider"])
-def test_an_exception_mid_sampling_still_cleans_both_patchers_and_the_next_run_succeeds(host, pack_models, path):
+@each_sampling_path
+def test_an_exception_mid_sampling_still_cleans_both_patchers_and_the_next_run_succeeds(host, pack_models, run):
     import comfy.patcher_extension
 
     cond, uncond, conditioning = pack_models
-    run = run_pack_sampler if path == "pack Sampler" else run_native_path
     expected = run(host, cond, uncond, conditioning)
     events = []
     patchers = []
