@@ -95,16 +95,18 @@ class Ideogram4DiffusionModel(Ideogram4DiT):
             return self.forward_latent(x, timesteps, *args, **kwargs)
         return super().forward(x, timesteps, *args, **kwargs)
 
-    def forward_latent(self, x, timesteps, context=None, attention_mask=None, transformer_options={}, **kwargs):
+    def forward_latent(self, x, timesteps, context=None, attention_mask=None, transformer_options=None, **kwargs):
         """ComfyUI's diffusion-model call through the ``DIFFUSION_MODEL`` wrappers (arguments passed positionally
         in native order, as wrappers of other nodes read them)."""
+        if transformer_options is None:
+            transformer_options = {}  # a fresh dict: the blocks write block_index into it
         wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
                                                             transformer_options)
         return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward_latent, self, wrappers).execute(
             x, timesteps, context, attention_mask, transformer_options, **kwargs)
 
-    def _forward_latent(self, x, timesteps, context=None, attention_mask=None, transformer_options={},
-                        text_lengths=None, **unused):
+    def _forward_latent(self, x, timesteps, context, attention_mask, transformer_options, text_lengths=None,
+                        **unused):
         """x (B, 128, gh, gw) in the compute dtype, timesteps = sigma (B,), context (B, n, F) or None (image-only
         pass); ``attention_mask`` (B, n) of right-padded text, or ``text_lengths`` of text already left-aligned.
         Returns ``-v`` (B, 128, gh, gw) float32."""
