@@ -82,7 +82,9 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
     the unconditional MODEL is attached to that clone as an additional model, so ComfyUI loads both in one
     ``load_models_gpu`` call, and is run without text (image tokens only).
     ``guidance`` is in sampling order; shorter SIGMAS of a partial denoise (img2img tail) use its last entries,
-    SIGMAS of a full denoise must have as many steps as it has entries.
+    SIGMAS of a full denoise must have as many steps as it has entries. The unconditional pass gets its own
+    patcher's ``transformer_options``, wrappers and callbacks, with ``cond_or_uncond = [1]``. A LATENT noise mask
+    inpaints as ComfyUI's samplers do, and the unmasked region comes back as the input.
     """
 
     def __init__(self, cond_patcher, uncond_patcher, guidance: list[float]):
@@ -92,6 +94,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self.uncond_patcher = uncond_patcher
         self.guidance = [float(g) for g in guidance]
         self.exact_times: list[float] | None = None  # model time of each sigma, when the SIGMAS were float64
+        self.uncond_options: dict | None = None  # transformer_options of the unconditional model, while sampling
 
     def set_conds(self, positive, negative=None):
         # The unconditional pass has no conditioning; a negative is not used.
