@@ -80,6 +80,12 @@ def raise_problems(node: str, problems: list[str]) -> None:
         raise ValueError(f"{node}: " + "; ".join(problems) + ".")
 
 
+def validation_result(node: str, problems: list[str]) -> bool | str:
+    """What a node's ``validate_inputs`` returns: True, or one message naming ``node`` and every problem
+    (ComfyUI answers the queued prompt with HTTP 400 and shows it on the node)."""
+    return f"{node}: " + "; ".join(problems) + "." if problems else True
+
+
 def _number_problem(name: str, value, low: float, high: float, integer: bool = False) -> str | None:
     """Why ``value`` is not a number in [low, high] (an integer if ``integer``), or None. None values (inputs fed
     by a link, unknown when the prompt is queued) pass."""
