@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import save_file
 
 import comfy_inprocess
+from comfy_inprocess import sampler_inputs
 
 comfy_inprocess.skip_module_unless_in_host()
 
@@ -31,14 +32,6 @@ def add_misplaced_and_broken_files(models_dir):
 @pytest.fixture(scope="module")
 def add_model_files():
     return add_misplaced_and_broken_files
-
-
-def sampler_inputs(pack_models, **overrides):
-    cond, uncond, conditioning = pack_models
-    inputs = dict(cond_model=cond, uncond_model=uncond, conditioning=conditioning, preset="Custom", steps=2, mu=0.0,
-                  std=1.75, guidance_schedule="7,3", seed=0, width=32, height=32, batch_size=1)
-    inputs.update(overrides)
-    return inputs
 
 
 def test_missing_model_file_names_the_file_and_folder(host, models):

@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 
 import pytest
 
 import comfy_inprocess
+from comfy_inprocess import sampler_inputs
 
 comfy_inprocess.skip_module_unless_in_host()
 
@@ -34,42 +36,40 @@ def add_model_files():
     return add_named_copies
 
 
-def sampler_inputs(pack_models, **overrides):
-    cond, uncond, conditioning = pack_models
-    inputs = dict(cond_model=cond, uncond_model=uncond, conditioning=conditioning, preset="Custom", steps=2, mu=0.0,
-                  std=1.75, guidance_schedule="7,3", seed=0, width=32, height=32, batch_size=1)
-    inputs.update(overrides)
-    return inputs
-
-
-def test_cancel_stops_within_one_transformer_block_and_the_next_run_succeeds(host, pack_models):
+@contextlib.contextmanager
+def cancel_during_first_block(patcher):
+    """Presses Cancel while block 0 of the model's first forward runs; yields the indices of the blocks that ran
+    and expects the body to end in ComfyUI's interruption exception."""
     import comfy.model_management
 
-    cond, _, _ = pack_models
-    blocks = cond.model.velocity_model().layers
-    assert len(blocks) == 2
+    blocks = patcher.model.velocity_model().layers
     ran = []
     hooks = [block.register_forward_pre_hook(lambda module, args, index=index: ran.append(index))
              for index, block in enumerate(blocks)]
-    # Cancel pressed while block 0 of the first conditional forward runs.
     hooks.append(blocks[0].register_forward_hook(
         lambda module, args, output: comfy.model_management.interrupt_current_processing(True)))
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            comfy_inprocess.run_node(host.nodes.sampler_node.Sampler, **sampler_inputs(pack_models))
+            yield ran
     finally:
         for hook in hooks:
             hook.remove()
         comfy.model_management.interrupt_current_processing(False)
+
+
+def test_cancel_stops_within_one_transformer_block_and_the_next_run_succeeds(host, pack_models):
+    cond, _, _ = pack_models
+    assert len(cond.model.velocity_model().layers) == 2
+    inputs = sampler_inputs(pack_models)
+    with cancel_during_first_block(cond) as ran:
+        comfy_inprocess.run_node(host.nodes.sampler_node.Sampler, **inputs)
     assert ran == [0]  # block 1 of that forward never ran
-    (latent,) = comfy_inprocess.run_node(host.nodes.sampler_node.Sampler, **sampler_inputs(pack_models))
+    (latent,) = comfy_inprocess.run_node(host.nodes.sampler_node.Sampler, **inputs)
     assert latent["samples"].shape == (1, 128, 2, 2) and bool(latent["samples"].isfinite().all())
 
 
 def test_cancel_inside_a_forward_of_native_sampler_custom_advanced(host, pack_models):
     """The same block callback stops the Guider path (the model runs through ComfyUI's apply_model)."""
-    import comfy.model_management
-
     nodes = host.nodes
     cond, uncond, conditioning = pack_models
     (sigmas,) = comfy_inprocess.run_node(nodes.scheduler_guider.Scheduler, preset="Custom", steps=2, mu=0.0, std=1.75,
@@ -81,20 +81,9 @@ def test_cancel_inside_a_forward_of_native_sampler_custom_advanced(host, pack_mo
     (sampler,) = comfy_inprocess.run_node(
         comfy_inprocess.native_node("comfy_extras.nodes_custom_sampler", "KSamplerSelect"), sampler_name="euler")
     advanced = comfy_inprocess.native_node("comfy_extras.nodes_custom_sampler", "SamplerCustomAdvanced")
-    blocks = cond.model.velocity_model().layers
-    ran = []
-    hooks = [block.register_forward_pre_hook(lambda module, args, index=index: ran.append(index))
-             for index, block in enumerate(blocks)]
-    hooks.append(blocks[0].register_forward_hook(
-        lambda module, args, output: comfy.model_management.interrupt_current_processing(True)))
-    try:
-        with pytest.raises(comfy.model_management.InterruptProcessingException):
-            comfy_inprocess.run_node(advanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
-                                     latent_image=latent)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        comfy.model_management.interrupt_current_processing(False)
+    with cancel_during_first_block(cond) as ran:
+        comfy_inprocess.run_node(advanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                                 latent_image=latent)
     assert ran == [0]
 
 
