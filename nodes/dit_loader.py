@@ -89,10 +89,12 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     return patcher
 
 
-def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
+def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str, pair_checked: bool = False):
     """(cond patcher, uncond patcher) for two checkpoint files; ``weight_dtype`` is one of :data:`WEIGHT_DTYPES`.
 
-    The files are read one after the other and each state dict is consumed layer by layer as its model fills
+    The pair is checked from the headers first (:func:`ideogram4.dit_checkpoint.check_dit_pair`; skipped when the
+    caller has, ``pair_checked``), so a mismatched pair is refused before either model loads. The files are then
+    read one after the other and each state dict is consumed layer by layer as its model fills
     (:func:`compat.load_weights`), so loading peaks near the two models' own size even where the weights are
     converted in memory (de-quantised, cast or quantised), instead of adding a converted copy of a model.
     """
@@ -102,7 +104,8 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
     compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else compute_dtype_for(load_device)
     keep_fp8, quantize = weight_dtype != "bf16", weight_dtype in ("fp8", "fp8_fast")
 
-    check_dit_pair(cond_path, uncond_path)  # headers only: a mismatched pair is refused before either model loads
+    if not pair_checked:
+        check_dit_pair(cond_path, uncond_path)
     cond_checkpoint = load_dit_checkpoint(cond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
     cond = build_dit_patcher(cond_checkpoint, compute_dtype, quantize, load_device)
     del cond_checkpoint
@@ -212,7 +215,7 @@ class DiTLoader(io.ComfyNode):
         warnings = pairing_warnings(*check_dit_pair(cond_path, uncond_path))
         for warning in warnings:
             logging.warning("%s: %s", NODE_NAME, warning)
-        cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype)
+        cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype, pair_checked=True)
         if compile_blocks:
             # Lazy: nothing compiles here; each block compiles at its first forward of a new input shape.
             for patcher in (cond, uncond):
