@@ -74,16 +74,16 @@ def resolve_settings(preset: str, steps: int, mu: float, std: float, guidance_sc
     return SamplingSettings(steps, mu, std, resolve_guidance(preset, steps, guidance_schedule))
 
 
-def raise_problems(node: str, problems: list[str]) -> None:
-    """ValueError ``"<node>: <problem>; <problem>."`` when there are problems."""
-    if problems:
-        raise ValueError(f"{node}: " + "; ".join(problems) + ".")
-
-
 def validation_result(node: str, problems: list[str]) -> bool | str:
-    """What a node's ``validate_inputs`` returns: True, or one message naming ``node`` and every problem
+    """What a node's ``validate_inputs`` returns: True, or one message ``"<node>: <problem>; <problem>."``
     (ComfyUI answers the queued prompt with HTTP 400 and shows it on the node)."""
     return f"{node}: " + "; ".join(problems) + "." if problems else True
+
+
+def raise_problems(node: str, problems: list[str]) -> None:
+    """The same check when the node runs (for values fed by links): ValueError with that message."""
+    if problems:
+        raise ValueError(validation_result(node, problems))
 
 
 def _number_problem(name: str, value, low: float, high: float, integer: bool = False) -> str | None:
