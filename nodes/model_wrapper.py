@@ -201,3 +201,7 @@ class Ideogram4Model(comfy.model_base.BaseModel):
             if mask is not None and not bool(mask.bool().all()):
                 out["attention_mask"] = comfy.conds.CONDRegular(mask)
         return out
+
+    def velocity_model(self) -> Ideogram4DiffusionModel:
+        """The core DiT (its config and blocks), for callers that inspect it."""
+        return self.diffusion_model
