@@ -25,7 +25,7 @@ pytestmark = pytest.mark.host
 PACK_NODES = {
     "Ideogram4RefDiTLoader", "Ideogram4RefTextEncoderLoader", "Ideogram4RefTextEncode", "Ideogram4RefSampler",
     "Ideogram4RefScheduler", "Ideogram4RefGuider", "Ideogram4RefNoise", "Ideogram4RefEmptyLatent",
-    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode",
+    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefCaption",
 }
 EXPECTED_WORKFLOWS = ["ideogram4_native_interop.json", "ideogram4_quality.json", "ideogram4_text_to_image.json",
                       "ideogram4_turbo.json"]
