@@ -72,6 +72,7 @@ SCHEMAS = {
     "Ideogram4RefEmptyLatent": ([("width", "INT", True), ("height", "INT", True), ("batch_size", "INT", True)], [("LATENT", "LATENT")]),
     "Ideogram4RefVAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
     "Ideogram4RefVAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False), ("tiled", "BOOLEAN", True)], [("IMAGE", "IMAGE")]),
+    "Ideogram4RefCaption": ([("state", "STRING", True)], [("caption", "STRING"), ("width", "INT"), ("height", "INT")]),
     "KSamplerSelect": ([("sampler_name", "COMBO", True)], [("SAMPLER", "SAMPLER")]),
     "SamplerCustomAdvanced": (
         [("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
@@ -167,18 +168,29 @@ class Graph:
                     models.append(hint)
         return {
             "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 60]}, "frontendVersion": "1.28.6"},
+            "groups": [], "config": {}, "extra": {"ds": dict(VIEW), "frontendVersion": "1.28.6"},
             "models": models, "version": 0.4,
         }
 
 
-def _loaders(graph, y=120):
-    dit = graph.add("Ideogram4RefDiTLoader", (40, y), (380, 154), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
+# Layout (graph units): columns wide enough for the widgets' longest values, rows with room for the title bars
+# (drawn above each node's pos) so no node covers another; the note sits at the top-left, in view when opened.
+TITLE_H = 40
+ROW_Y = 420
+COL_LOADERS, COL_TEXT, COL_SAMPLER, COL_DECODE, COL_SAVE = 40, 660, 1200, 1640, 1980
+NOTE_POS, NOTE_SIZE = (40, 40), (1100, 330)
+VIEW = {"scale": 0.7, "offset": [100, 60]}
+
+
+def _loaders(graph, encode_pos=(COL_TEXT, ROW_Y), encode_size=(480, 360), prompt=None):
+    dit = graph.add("Ideogram4RefDiTLoader", (COL_LOADERS, ROW_Y), (580, 190), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
                     models=[DIT_FILE, UNCOND_DIT_FILE])
-    te = graph.add("Ideogram4RefTextEncoderLoader", (40, y + 180), (380, 60), [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
-    vae = graph.add("Ideogram4RefVAELoader", (40, y + 290), (380, 60), [VAE_FILE], models=[VAE_FILE])
+    te = graph.add("Ideogram4RefTextEncoderLoader", (COL_LOADERS, ROW_Y + 190 + TITLE_H + 30), (580, 90),
+                   [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
+    vae = graph.add("Ideogram4RefVAELoader", (COL_LOADERS, ROW_Y + 190 + 90 + 2 * (TITLE_H + 30)), (580, 90),
+                    [VAE_FILE], models=[VAE_FILE])
     # Official size 0 x 0: the text encoded alone (same maths as the official pipeline, faster).
-    encode = graph.add("Ideogram4RefTextEncode", (460, y + 180), (420, 250), [PROMPT, 0, 0])
+    encode = graph.add("Ideogram4RefTextEncode", encode_pos, encode_size, [PROMPT if prompt is None else prompt, 0, 0])
     graph.link(te, "IDEOGRAM4_TEXT_ENCODER", encode, "text_encoder")
     return dit, encode, vae
 
@@ -208,12 +220,12 @@ def _loader_note(preset_name):
 def one_node_sampler_workflow(preset_name, width, height, prefix):
     steps, mu, std, guidance = PRESETS[preset_name]
     graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
+    graph.add("Note", NOTE_POS, NOTE_SIZE, _loader_note(preset_name), title="Read me")
     dit, encode, vae = _loaders(graph)
-    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
-    save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
     graph.link(dit, "cond_model", sampler, "cond_model")
     graph.link(dit, "uncond_model", sampler, "uncond_model")
     graph.link(encode, "CONDITIONING", sampler, "conditioning")
@@ -221,6 +233,18 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
     return graph.workflow()
+
+
+class _Column:
+    """Stacks nodes downwards from (x, y), leaving room for each title bar."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def next(self, size):
+        pos = (self.x, self.y)
+        self.y += size[1] + TITLE_H + 30
+        return pos, size
 
 
 def native_interop_workflow():
@@ -237,16 +261,17 @@ def native_interop_workflow():
         "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
     dit, encode, vae = _loaders(graph)
-    guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
-    scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
-    noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
-    select = graph.add("KSamplerSelect", (920, 750), (340, 60), ["euler"])
-    latent = graph.add("Ideogram4RefEmptyLatent", (920, 850), (340, 110), [width, height, 1])
-    sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
-    decode = graph.add("VAEDecode", (1640, 120), (220, 50))
-    save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
+    column = _Column(COL_SAMPLER, ROW_Y)
+    guider = graph.add("Ideogram4RefGuider", *column.next((400, 220)), [preset_name, steps, guidance])
+    scheduler = graph.add("Ideogram4RefScheduler", *column.next((400, 280)), [preset_name, steps, mu, std, width, height, 1.0])
+    noise = graph.add("Ideogram4RefNoise", *column.next((400, 110)), [42, "fixed"])
+    select = graph.add("KSamplerSelect", *column.next((400, 80)), ["euler"])
+    latent = graph.add("Ideogram4RefEmptyLatent", *column.next((400, 140)), [width, height, 1])
+    sampler = graph.add("SamplerCustomAdvanced", (COL_DECODE, ROW_Y), (300, 330))
+    decode = graph.add("VAEDecode", (COL_DECODE, ROW_Y + 330 + TITLE_H + 40), (300, 80))
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/native_interop"])
     graph.link(dit, "cond_model", guider, "cond_model")
     graph.link(dit, "uncond_model", guider, "uncond_model")
     graph.link(encode, "CONDITIONING", guider, "conditioning")
@@ -261,6 +286,44 @@ def native_interop_workflow():
     return graph.workflow()
 
 
+def caption_state(caption, width, height) -> str:
+    """The Caption node's state widget value, written as the editor writes it (JSON.stringify: compact)."""
+    return json.dumps({"width": width, "height": height, "caption": caption}, separators=(",", ":"), ensure_ascii=False)
+
+
+def caption_studio_workflow():
+    preset_name, width, height = "Default 20", 1536, 1024
+    steps, mu, std, guidance = PRESETS[preset_name]
+    graph = Graph()
+    note = (
+        "Ideogram 4 (reference) - caption studio\n\n"
+        "Write the caption in the form of the Caption node instead of typing JSON: a short description, the style "
+        "(photo or art style, lighting, medium, colours), the background and an ordered list of elements. Draw each "
+        "element's box on the layout frame (drag on empty space; drag a box to move it, a corner to resize it; "
+        "Delete removes the selected box, Ctrl+Z undoes). Every edit is checked by the pack and problems appear "
+        "next to their field. 'Paste JSON' loads a caption written elsewhere; 'Copy JSON' copies the canonical one.\n\n"
+        "The node sends the caption, minified as the model was trained on, to Text Encode, and the frame's width "
+        "and height to the Sampler, so the boxes match the image. Model files: see the loaders."
+    )
+    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
+    caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
+    dit, encode, vae = _loaders(graph, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160), prompt="")
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + TITLE_H + 40), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/caption_studio"])
+    graph.link(caption, "caption", encode, "prompt")
+    graph.link(caption, "width", sampler, "width")
+    graph.link(caption, "height", sampler, "height")
+    graph.link(dit, "cond_model", sampler, "cond_model")
+    graph.link(dit, "uncond_model", sampler, "uncond_model")
+    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
 def all_workflows() -> dict[str, dict]:
     """File name -> workflow."""
     return {
@@ -268,6 +331,7 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
         "ideogram4_native_interop.json": native_interop_workflow(),
+        "ideogram4_caption_studio.json": caption_studio_workflow(),
     }
 
 
