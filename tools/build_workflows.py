@@ -217,6 +217,16 @@ def _loader_note(preset_name):
     )
 
 
+def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
+    """Models and text into the one-node Sampler, its latent through the pack's VAE Decode into Save Image."""
+    graph.link(dit, "cond_model", sampler, "cond_model")
+    graph.link(dit, "uncond_model", sampler, "uncond_model")
+    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+
+
 def one_node_sampler_workflow(preset_name, width, height, prefix):
     steps, mu, std, guidance = PRESETS[preset_name]
     graph = Graph()
@@ -226,12 +236,7 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
     save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
-    graph.link(sampler, "LATENT", decode, "samples")
-    graph.link(vae, "VAE", decode, "vae")
-    graph.link(decode, "IMAGE", save, "images")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
     return graph.workflow()
 
 
@@ -315,12 +320,7 @@ def caption_studio_workflow():
     graph.link(caption, "caption", encode, "prompt")
     graph.link(caption, "width", sampler, "width")
     graph.link(caption, "height", sampler, "height")
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
-    graph.link(sampler, "LATENT", decode, "samples")
-    graph.link(vae, "VAE", decode, "vae")
-    graph.link(decode, "IMAGE", save, "images")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
     return graph.workflow()
 
 

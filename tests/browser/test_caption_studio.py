@@ -110,6 +110,14 @@ def test_example_workflow_nodes_do_not_overlap_and_the_note_is_in_view(page, nam
     assert page.pack_errors == []
 
 
+def test_templates_are_listed_with_thumbnails(server):
+    listed = server.client.get_json("/workflow_templates")["comfyui-ideogram4-reference"]
+    assert sorted(listed) == sorted(name.removesuffix(".json") for name in WORKFLOW_NAMES)
+    for name in listed:
+        status, data = server.client._request("GET", f"/api/workflow_templates/comfyui-ideogram4-reference/{name}.jpg")
+        assert status == 200 and data[:3] == b"\xff\xd8\xff", f"{name}.jpg: HTTP {status}"
+
+
 def test_preset_widgets_hide_and_come_back_with_the_preset_values(page):
     load(page, load_workflow("ideogram4_turbo.json"))
     screenshot(page, "turbo_preset.png")
@@ -191,6 +199,7 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
 
     # Queue: the server receives the state, and the caption it runs is the canonical JSON of what was edited.
     state = json.loads(widget_state(page, "Ideogram4RefCaption")["state"]["value"])
+    encode_height = page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefTextEncode').size[1]")
     before = set(server.client.get_json("/history"))
     page.evaluate("() => app.queuePrompt(0, 1)")
     deadline = time.monotonic() + 300
@@ -223,6 +232,9 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     report = page.evaluate("""() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefTextEncode')
         .widgets.find(w => w.name === 'caption_check')?.area.value""")
     assert report and report.startswith("Caption check")
+    # The node grew by the report's height instead of squeezing its other widgets.
+    grown = page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefTextEncode').size[1]")
+    assert grown >= encode_height + 90, (encode_height, grown)
     screenshot(page, "caption_studio_run.png")
 
     # Save, reload the page, open the saved workflow: same layout, same caption.
