@@ -42,8 +42,8 @@ def register_routes() -> None:
     except ImportError:
         return  # imported outside a ComfyUI server (a tool, an in-process test): no routes to add
     instance = getattr(PromptServer, "instance", None)
-    if instance is None:
-        logging.warning("Ideogram 4: no ComfyUI server instance; the caption editor's live check is unavailable.")
+    if instance is None:  # ComfyUI imported without its server (in-process use): nothing serves the editor
+        logging.debug("Ideogram 4: no ComfyUI server instance; the pack's routes are not added.")
         return
     instance.routes.post(VALIDATE_PATH)(validate_handler)
     instance.routes.get(OPTIONS_PATH)(options_handler)
