@@ -248,3 +248,53 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     boxes_drawn = page.evaluate("() => document.querySelectorAll('.ideogram4-frame .ideogram4-box').length")
     assert boxes_drawn == sum(1 for e in state["caption"]["compositional_deconstruction"]["elements"] if "bbox" in e)
     assert page.pack_errors == []
+
+
+def caption_state(page) -> dict:
+    return json.loads(widget_state(page, "Ideogram4RefCaption")["state"]["value"])["caption"]
+
+
+def test_caption_studio_paste_copy_reorder_and_move(page):
+    load(page, load_workflow("ideogram4_caption_studio.json"))
+    # Paste a caption written with its keys out of order: the editor holds it in canonical order.
+    studio(page, "button:has-text('Paste JSON')").click()
+    pasted = {"compositional_deconstruction": {"elements": [
+        {"desc": "a red kite", "bbox": [100, 100, 300, 400], "type": "obj"},
+        {"text": "HELLO", "type": "text", "desc": "white letters"}], "background": "blue sky"},
+        "high_level_description": "A kite in the sky."}
+    studio(page, "textarea[placeholder^='paste']").fill(json.dumps(pasted))
+    studio(page, "button:has-text('Load')").click()
+    page.wait_for_function("() => document.querySelectorAll('.ideogram4-element').length === 2")
+    caption = caption_state(page)
+    assert json.dumps(caption) == json.dumps({
+        "high_level_description": "A kite in the sky.",
+        "compositional_deconstruction": {"background": "blue sky", "elements": [
+            {"type": "obj", "bbox": [100, 100, 300, 400], "desc": "a red kite"},
+            {"type": "text", "text": "HELLO", "desc": "white letters"}]}})
+    # Copy gives the canonical minified caption.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    studio(page, "button:has-text('Copy JSON')").click()
+    page.wait_for_function("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefCaption').ideogram4Studio.copied")
+    copied = page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefCaption').ideogram4Studio.copied")
+    assert copied == json.dumps(caption, separators=(",", ":"), ensure_ascii=False)
+    # Reorder: the first element moves down.
+    studio(page, ".ideogram4-element").first.locator("button[title='move down']").click()
+    assert [e["type"] for e in caption_state(page)["compositional_deconstruction"]["elements"]] == ["text", "obj"]
+    # Move the box by dragging it a tenth of the frame to the right and down.
+    box = studio(page, ".ideogram4-box").first.bounding_box()
+    rect = studio(page, ".ideogram4-frame").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + rect["width"] / 10, box["y"] + box["height"] / 2 + rect["height"] / 10,
+                    steps=5)
+    page.mouse.up()
+    y0, x0, y1, x1 = caption_state(page)["compositional_deconstruction"]["elements"][1]["bbox"]
+    assert abs(y0 - 200) <= 3 and abs(x0 - 200) <= 3 and (y1 - y0, x1 - x0) == (200, 300)
+    # Resize from the bottom-right corner to the frame's corner.
+    handle = studio(page, ".ideogram4-handle[data-corner='se']").first.bounding_box()
+    page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(rect["x"] + rect["width"] + 20, rect["y"] + rect["height"] + 20, steps=5)
+    page.mouse.up()
+    assert caption_state(page)["compositional_deconstruction"]["elements"][1]["bbox"] == [y0, x0, 1000, 1000]
+    assert page.pack_errors == []

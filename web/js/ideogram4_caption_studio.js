@@ -512,9 +512,8 @@ class CaptionStudio {
         if (Math.abs(y - start[0]) < MIN_BOX && Math.abs(x - start[1]) < MIN_BOX && !changed) return;
         bbox = [Math.min(start[0], y), Math.min(start[1], x), Math.max(start[0], y), Math.max(start[1], x)];
         if (index < 0) {
-          this.elements.push({ type: "obj", desc: "" });
+          this.elements.push({ type: "obj", desc: "" }); // its row appears when the drag ends
           index = this.elements.length - 1;
-          this.render();
         }
       } else if (mode === "move") {
         const dy = clamp(y - start[0], -original[0], GRID - original[2]);
@@ -530,9 +529,10 @@ class CaptionStudio {
       this.selected = index;
       this.renderBoxes();
     };
-    const onUp = () => {
-      window.removeEventListener("pointermove", onMove);
-      window.removeEventListener("pointerup", onUp);
+    const onUp = (upEvent) => {
+      upEvent.stopPropagation();
+      this.frame.removeEventListener("pointermove", onMove);
+      this.frame.removeEventListener("pointerup", onUp);
       if (changed) {
         this.undoStack.push(before);
         this.lastTyping = null;
@@ -541,8 +541,10 @@ class CaptionStudio {
         this.select(index);
       }
     };
-    window.addEventListener("pointermove", onMove);
-    window.addEventListener("pointerup", onUp);
+    // The drag stays with the frame even outside it, so the graph never sees a stray pointerup.
+    this.frame.setPointerCapture(event.pointerId);
+    this.frame.addEventListener("pointermove", onMove);
+    this.frame.addEventListener("pointerup", onUp);
   }
 
   onKey(event) {
