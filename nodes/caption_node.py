@@ -32,7 +32,9 @@ class Caption(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, state: str) -> bool | str:
+    def validate_inputs(cls, state: str | None = None) -> bool | str:
+        if state is None:
+            return True  # fed by a link: checked when the node runs
         try:
             caption_of_state(state)
         except CaptionStateError as error:
