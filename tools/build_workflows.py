@@ -179,15 +179,18 @@ TITLE_H = 40
 ROW_Y = 420
 COL_LOADERS, COL_TEXT, COL_SAMPLER, COL_DECODE, COL_SAVE = 40, 660, 1200, 1640, 1980
 NOTE_POS, NOTE_SIZE = (40, 40), (1100, 330)
+REPORT_ROOM = 110  # a node's report after a run (web/js/ideogram4_caption_report.js: 90 px and a margin)
 VIEW = {"scale": 0.7, "offset": [100, 60]}
 
 
 def _loaders(graph, encode_pos=(COL_TEXT, ROW_Y), encode_size=(480, 360), prompt=None):
     dit = graph.add("Ideogram4RefDiTLoader", (COL_LOADERS, ROW_Y), (580, 190), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
                     models=[DIT_FILE, UNCOND_DIT_FILE])
-    te = graph.add("Ideogram4RefTextEncoderLoader", (COL_LOADERS, ROW_Y + 190 + TITLE_H + 30), (580, 90),
+    # Room below the DiT Loader for the note it shows after a run when its two files do not pair up.
+    te_y = ROW_Y + 190 + REPORT_ROOM + TITLE_H + 30
+    te = graph.add("Ideogram4RefTextEncoderLoader", (COL_LOADERS, te_y), (580, 90),
                    [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
-    vae = graph.add("Ideogram4RefVAELoader", (COL_LOADERS, ROW_Y + 190 + 90 + 2 * (TITLE_H + 30)), (580, 90),
+    vae = graph.add("Ideogram4RefVAELoader", (COL_LOADERS, te_y + 90 + TITLE_H + 30), (580, 90),
                     [VAE_FILE], models=[VAE_FILE])
     # Official size 0 x 0: the text encoded alone (same maths as the official pipeline, faster).
     encode = graph.add("Ideogram4RefTextEncode", encode_pos, encode_size, [PROMPT if prompt is None else prompt, 0, 0])
@@ -313,7 +316,8 @@ def caption_studio_workflow():
     graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
     caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
     dit, encode, vae = _loaders(graph, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160), prompt="")
-    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + TITLE_H + 40), (400, 480),
+    # Below Text Encode, with room for the caption report it grows by after a run.
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
     save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/caption_studio"])

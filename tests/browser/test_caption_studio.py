@@ -73,6 +73,15 @@ def boxes(page) -> dict:
     }))""")
 
 
+def assert_no_overlap(found: dict, label: str):
+    ids = sorted(found)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = found[a], found[b]
+            overlap = ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
+            assert not overlap, f"{label}: node {a} {found[a]} overlaps node {b} {found[b]}"
+
+
 def screenshot(page, name):
     if SCREENSHOT_DIR:
         pathlib.Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
@@ -93,13 +102,7 @@ def test_extension_loads_once_without_errors(page):
 @pytest.mark.parametrize("name", WORKFLOW_NAMES)
 def test_example_workflow_nodes_do_not_overlap_and_the_note_is_in_view(page, name):
     load(page, load_workflow(name))
-    found = boxes(page)
-    ids = sorted(found)
-    for i, a in enumerate(ids):
-        for b in ids[i + 1:]:
-            (ax, ay, aw, ah), (bx, by, bw, bh) = found[a], found[b]
-            overlap = ax < bx + bw and bx < ax + aw and ay < by + bh and by < ay + ah
-            assert not overlap, f"{name}: node {a} {found[a]} overlaps node {b} {found[b]}"
+    assert_no_overlap(boxes(page), name)
     note = page.evaluate("""() => { const n = app.graph._nodes.find(n => n.type === 'Note');
         const ds = app.canvas.ds; const c = app.canvas.canvas.getBoundingClientRect();
         return {left: (n.pos[0] + ds.offset[0]) * ds.scale, top: (n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT + ds.offset[1]) * ds.scale,
@@ -235,6 +238,7 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     # The node grew by the report's height instead of squeezing its other widgets.
     grown = page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefTextEncode').size[1]")
     assert grown >= encode_height + 90, (encode_height, grown)
+    assert_no_overlap(boxes(page), "caption studio after a run")
     screenshot(page, "caption_studio_run.png")
 
     # Save, reload the page, open the saved workflow: same layout, same caption.
