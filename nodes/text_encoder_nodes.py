@@ -26,6 +26,7 @@ from ..ideogram4.text_encoder import image_slot_count
 from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
 from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer
+from .precision import text_encoder_compute_dtype
 from .settings import CATEGORY, raise_problems, validation_result
 
 TEXT_ENCODER_FOLDER = "text_encoders"
@@ -54,14 +55,15 @@ class Ideogram4TextEncoder:
 
 def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     """Load a text-encoder file (any layout :func:`ideogram4.text_encoder_checkpoint.load_text_encoder` reads)
-    with comfy.ops layers on the offload device; computes in bf16 (official) where the device supports it.
+    with comfy.ops layers on the offload device; computes in bf16 (official) where the device supports it, or as
+    ``--bf16-text-enc`` / ``--fp32-text-enc`` say (:mod:`.precision`).
 
     Scaled fp8 weights (Comfy-Org qwen3vl_8b_fp8_scaled, the official fp8 release) stay fp8 and are de-quantised
     per layer when it runs, with the official rule: the same features as de-quantising at load, in half the
     memory (about 8.2 GB instead of 15.1 GB in RAM and VRAM for the 8B encoder)."""
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
-    dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
+    dtype = text_encoder_compute_dtype(load_device)
     loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4Fp8Ops,
                                keep_fp8_with=make_fp8_layer)
     return Ideogram4TextEncoder(loaded, load_device, offload_device)

@@ -3,7 +3,7 @@
     python tools/build_workflows.py            # rewrite workflows/*.json
     python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
 
-One small graph builder keeps the four files consistent: the same loaders with the same download hints
+One small graph builder keeps the files consistent: the same loaders with the same download hints
 (``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
 The node schemas below mirror the pack's node definitions (nodes/) and the native nodes used; the host tests
 check every file against a live server's ``/object_info``, so a drift shows up there.
@@ -80,12 +80,19 @@ SCHEMAS = {
         [("output", "LATENT"), ("denoised_output", "LATENT")],
     ),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE", False), ("vae", "VAE", False)], [("LATENT", "LATENT")]),
+    "LoadImage": ([("image", "COMBO", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")]),
     "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
                    "Ideogram4RefTextEncode": {"official_width", "official_height"}}
-NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
+# Combo inputs with an upload button (one more widgets_values entry, "image").
+UPLOAD_INPUTS = {"LoadImage": {"image"}}
+NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SetLatentNoiseMask",
+                "SaveImage"}
+INPAINT_IMAGE = "example.png"  # the image a fresh ComfyUI has in its input folder
 # The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
 CAPTION = {
     "high_level_description": "A hand-painted wooden sign reading \"FRESH BREAD\" hangs in the sunlit window of a "
@@ -198,6 +205,20 @@ def _loaders(graph, encode_pos=(COL_TEXT, ROW_Y), encode_size=(480, 360), prompt
     return dit, encode, vae
 
 
+def _graph_with_loaders(note, **loader_args):
+    """A new graph with the artist's Note and the loaders: (graph, DiT loader, Text Encode, VAE loader)."""
+    graph = Graph()
+    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
+    return (graph, *_loaders(graph, **loader_args))
+
+
+def _wire_models(graph, dit, encode, target):
+    """Both transformers and the text features into a sampling node (Sampler or Guider)."""
+    graph.link(dit, "cond_model", target, "cond_model")
+    graph.link(dit, "uncond_model", target, "uncond_model")
+    graph.link(encode, "CONDITIONING", target, "conditioning")
+
+
 def _loader_note(preset_name):
     steps, _, _, guidance = PRESETS[preset_name]
     return (
@@ -222,9 +243,7 @@ def _loader_note(preset_name):
 
 def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
     """Models and text into the one-node Sampler, its latent through the pack's VAE Decode into Save Image."""
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    _wire_models(graph, dit, encode, sampler)
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
@@ -232,9 +251,7 @@ def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
 
 def one_node_sampler_workflow(preset_name, width, height, prefix):
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
-    graph.add("Note", NOTE_POS, NOTE_SIZE, _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
     sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
@@ -258,7 +275,6 @@ class _Column:
 def native_interop_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) with ComfyUI's own sampler nodes\n\n"
         "Same result as the one-node sampler, built from parts so you can swap pieces: the pack's Scheduler gives "
@@ -269,10 +285,10 @@ def native_interop_workflow():
         "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(note)
     column = _Column(COL_SAMPLER, ROW_Y)
     guider = graph.add("Ideogram4RefGuider", *column.next((400, 220)), [preset_name, steps, guidance])
+    column.y += REPORT_ROOM  # the Guider's note after a run
     scheduler = graph.add("Ideogram4RefScheduler", *column.next((400, 280)), [preset_name, steps, mu, std, width, height, 1.0])
     noise = graph.add("Ideogram4RefNoise", *column.next((400, 110)), [42, "fixed"])
     select = graph.add("KSamplerSelect", *column.next((400, 80)), ["euler"])
@@ -280,9 +296,7 @@ def native_interop_workflow():
     sampler = graph.add("SamplerCustomAdvanced", (COL_DECODE, ROW_Y), (300, 330))
     decode = graph.add("VAEDecode", (COL_DECODE, ROW_Y + 330 + TITLE_H + 40), (300, 80))
     save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/native_interop"])
-    graph.link(dit, "cond_model", guider, "cond_model")
-    graph.link(dit, "uncond_model", guider, "uncond_model")
-    graph.link(encode, "CONDITIONING", guider, "conditioning")
+    _wire_models(graph, dit, encode, guider)
     graph.link(noise, "NOISE", sampler, "noise")
     graph.link(guider, "GUIDER", sampler, "guider")
     graph.link(select, "SAMPLER", sampler, "sampler")
@@ -302,7 +316,6 @@ def caption_state(caption, width, height) -> str:
 def caption_studio_workflow():
     preset_name, width, height = "Default 20", 1536, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) - caption studio\n\n"
         "Write the caption in the form of the Caption node instead of typing JSON: a short description, the style "
@@ -313,9 +326,9 @@ def caption_studio_workflow():
         "The node sends the caption, minified as the model was trained on, to Text Encode, and the frame's width "
         "and height to the Sampler, so the boxes match the image. Model files: see the loaders."
     )
-    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
+    graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
+                                                  prompt="")
     caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
-    dit, encode, vae = _loaders(graph, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160), prompt="")
     # Below Text Encode, with room for the caption report it grows by after a run.
     sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
@@ -328,9 +341,45 @@ def caption_studio_workflow():
     return graph.workflow()
 
 
+def inpaint_workflow():
+    preset_name = "Default 20"
+    steps, mu, std, guidance = PRESETS[preset_name]
+    note = (
+        "Ideogram 4 (reference) - inpainting\n\n"
+        "Re-draws only the masked part of an image. Load your image, right-click Load Image and choose 'Open in "
+        "MaskEditor', paint over what should change and save. The VAE encodes the image, Set Latent Noise Mask "
+        "attaches the mask, and the sampler re-samples only the painted area: the rest follows the original "
+        "image at every step and comes back unchanged in the latent. Describe the whole picture as you want it "
+        "in the prompt, the new part included.\n\n"
+        "The image size decides the output size (width and height on the sampler are not used when a latent is "
+        "connected); sides are cropped to multiples of 16. Denoise 1 re-draws the masked area from noise; lower "
+        "values keep more of what was there.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    # Below Text Encode (room for its report), the picture to re-draw; below the Sampler, encode and mask.
+    image = graph.add("LoadImage", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 420),
+                      [INPAINT_IMAGE, "image"])
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", 1024, 1024, 1, 1.0])
+    column = _Column(COL_SAMPLER, ROW_Y + 480 + REPORT_ROOM + TITLE_H + 40)
+    vae_encode = graph.add("VAEEncode", *column.next((400, 80)))
+    set_mask = graph.add("SetLatentNoiseMask", *column.next((400, 80)))
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/inpaint"])
+    graph.link(image, "IMAGE", vae_encode, "pixels")
+    graph.link(vae, "VAE", vae_encode, "vae")
+    graph.link(vae_encode, "LATENT", set_mask, "samples")
+    graph.link(image, "MASK", set_mask, "mask")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    graph.link(set_mask, "LATENT", sampler, "latent")
+    return graph.workflow()
+
+
 def all_workflows() -> dict[str, dict]:
     """File name -> workflow."""
     return {
+        "ideogram4_inpaint.json": inpaint_workflow(),
         "ideogram4_text_to_image.json": one_node_sampler_workflow("Default 20", 1024, 1024, "ideogram4/text_to_image"),
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),

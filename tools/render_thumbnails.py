@@ -42,6 +42,11 @@ def render_thumbnails(comfyui=None, size=128, log=print) -> list[pathlib.Path]:
         tmp = pathlib.Path(tmp)
         write_tiny_weights(tmp / "models", seed=0)
         with ComfyServer(host, python, tmp / "models", work_dir=tmp / "server", env=SINGLE_THREAD_ENV) as server:
+            # The inpainting example's picture, as the host tests make it (its transparent half is the mask).
+            from build_workflows import INPAINT_IMAGE
+            from test_server_workflows import write_inpaint_image
+
+            write_inpaint_image(server.work_dir / "input" / INPAINT_IMAGE)
             object_info = server.client.object_info()
             for path in sorted(WORKFLOWS_DIR.glob("*.json")):
                 prompt = to_api_prompt(json.loads(path.read_text(encoding="utf-8")), object_info)
