@@ -13,6 +13,7 @@ import time
 import pytest
 
 from host_session import WORKFLOW_NAMES, load_workflow, serve
+from ideogram4.caption_studio import caption_of_state
 from server import succeeded
 
 pytestmark = pytest.mark.host
@@ -220,9 +221,6 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     expected_element = {"type": "text", "bbox": [y0, x0, y1, x1], "text": "SALE", "desc": "Bold red capitals.",
                         "color_palette": ["#FF0000"]}
     assert list(received["caption"]["compositional_deconstruction"]["elements"][-1].items()) == list(expected_element.items())
-    import sys
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from ideogram4.caption_studio import caption_of_state
     canonical, width, height = caption_of_state(caption_node["inputs"]["state"])
     assert canonical.endswith(',{"type":"text","bbox":[%d,%d,%d,%d],"text":"SALE","desc":"Bold red capitals.",'
                               '"color_palette":["#FF0000"]}]}}' % (y0, x0, y1, x1))
