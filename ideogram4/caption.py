@@ -175,6 +175,13 @@ def validate_caption(prompt: str) -> CaptionReport:
     return CaptionReport(kind="json", problems=checker.problems, warnings=warnings, caption=caption)
 
 
+def validate_caption_object(caption: Any) -> list[CaptionProblem]:
+    """Check an already parsed caption (for example a dict built in code). Returns the problems only."""
+    checker = _CaptionChecker({})
+    checker.check_caption(caption)
+    return checker.problems
+
+
 def canonicalize_prompt(prompt: str) -> str:
     """The canonical minified form of a JSON-object prompt; any other prompt unchanged.
 

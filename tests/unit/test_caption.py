@@ -15,6 +15,7 @@ from ideogram4.caption import (
     serialize_caption,
     prompt_text_problem,
     validate_caption,
+    validate_caption_object,
 )
 
 PHOTO_CAPTION = {
@@ -231,6 +232,7 @@ def test_valid_captions_have_no_problems_and_no_warnings(name):
     assert report.warnings == []
     assert report.caption == VALID_CAPTIONS[name]
     assert report.ok
+    assert validate_caption_object(VALID_CAPTIONS[name]) == []
 
 
 def test_minimal_caption_passes_with_a_high_level_description_warning():
@@ -274,6 +276,13 @@ def test_escaped_non_ascii_warns_and_literal_non_ascii_does_not():
     assert escaped_report.problems == []
     assert any("\\uXXXX" in warning for warning in escaped_report.warnings)
     assert not any("\\uXXXX" in warning for warning in literal_report.warnings)
+
+
+def test_non_object_root_is_a_problem_for_parsed_captions():
+    problems = validate_caption_object(["not", "an", "object"])
+
+    assert [problem.path for problem in problems] == ["$"]
+    assert "expected a JSON object, got a list" in problems[0].message
 
 
 def test_problems_come_in_document_order_and_do_not_cascade():
