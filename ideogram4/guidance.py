@@ -22,23 +22,6 @@ _SINGLE = re.compile(rf"({_NUMBER})")
 _RUN = re.compile(rf"({_NUMBER})\s*[xX×*]\s*(\d+)")
 
 
-def format_guidance_schedule(guidance) -> str:
-    """``guidance`` (sampling order) as the run text :func:`parse_guidance_schedule` reads back exactly:
-    ``VALUExCOUNT`` per run of equal values, e.g. ``"7x18,3x2"``."""
-    runs: list[list] = []
-    for value in guidance:
-        if runs and runs[-1][0] == value:
-            runs[-1][1] += 1
-        else:
-            runs.append([value, 1])
-    return ",".join(f"{_number_text(value)}x{count}" for value, count in runs)
-
-
-def _number_text(value: float) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
 class GuidanceScheduleError(ValueError):
     """A guidance schedule string that cannot be used; the message says what was expected."""
 
@@ -121,4 +104,10 @@ def format_guidance_schedule(values) -> str:
             runs[-1][1] += 1
         else:
             runs.append([value, 1])
-    return ",".join(f"{value:g}x{count}" for value, count in runs)
+    return ",".join(f"{_number_text(value)}x{count}" for value, count in runs)
+
+
+def _number_text(value: float) -> str:
+    """Whole numbers without a decimal point; others exactly (repr), so the parser reads back the same float."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
