@@ -18,6 +18,7 @@ per row too and the product runs as one fp8 matrix multiply (``torch._scaled_mm`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
@@ -153,3 +154,27 @@ def fp8_matmul_linear(input: torch.Tensor, weight_fp8: torch.Tensor, bias, weigh
     if bias is not None:
         out = out + bias
     return out.reshape(*shape[:-1], weight_fp8.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """How a Linear's weight is stored when it is kept quantised in memory, and how to rebuild it.
+
+    The layer holds the stored tensor as its ``weight`` and the sidecar tensors named by :attr:`sidecars` next to
+    it; :meth:`dequantize` rebuilds the ``(out, in)`` weight in the compute dtype on the device the tensors are on.
+
+    kind: ``"fp8_rowwise"`` (float8 weight + ``weight_scale`` float32 ``(out,)``, the official rule; per-tensor
+    scales are stored as their exact per-row equivalent).
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+
+    @property
+    def sidecars(self) -> tuple[str, ...]:
+        return ("weight_scale",) if self.kind == "fp8_rowwise" else ()
+
+    def dequantize(self, stored: torch.Tensor, sidecars: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        if self.kind == "fp8_rowwise":
+            return dequantize_fp8_rowwise(stored, sidecars["weight_scale"], dtype)
+        raise ValueError(f"unknown quantised weight kind {self.kind!r}")

@@ -18,7 +18,6 @@ import dataclasses
 import logging
 
 import comfy.model_management
-import comfy.patcher_extension
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -28,7 +27,7 @@ from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_
 from ..ideogram4.quantization import quantize_fp8_rowwise, supports_fp8_matmul
 
 from . import compat
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, refuse_lora_on_fp8
+from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_fp8_layer
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .settings import CATEGORY
 
@@ -65,7 +64,7 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
 
     config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})
     if scales:
-        config.custom_operations = Ideogram4Fp8Ops
+        config.custom_operations = Ideogram4QuantizedOps
         config.set_inference_dtype(compute_dtype, compute_dtype)
     else:
         stored = state["input_proj.weight"].dtype
@@ -75,10 +74,9 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
         make_fp8_layer(model.diffusion_model.get_submodule(layer), scale)
     compat.archive_dtypes(model.diffusion_model)
 
-    patcher = compat.new_patcher(model, load_device=load_device, offload_device=offload_device)
-    if scales:
-        # Clones (LoRA loaders) inherit the callback: a patch on an fp8 layer is refused at load.
-        patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, refuse_lora_on_fp8)
+    # Weight patches (LoRA) on quantised layers apply to the de-quantised weight when the layer runs.
+    patcher = compat.new_patcher(model, load_device=load_device, offload_device=offload_device,
+                                 mixin=QuantizedWeightPatching)
     try:
         compat.load_weights(patcher, model.diffusion_model, state)
     except ValueError as error:
@@ -161,7 +159,7 @@ class DiTLoader(io.ComfyNode):
                                        "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
                                        "lossy). fp8_fast: as fp8, and multiply in fp8 on GPUs that can (RTX 40xx, "
                                        "H100 and newer); faster, approximate (not the official bf16 maths). LoRAs "
-                                       "on fp8-stored layers are refused: use bf16 with LoRAs."),
+                                       "apply to the de-quantised weights."),
                 io.Boolean.Input("compile_blocks", default=False,
                                  tooltip="Compile the transformer blocks with torch.compile (opt-in). The first "
                                          "sampling run at each size compiles (slow), later steps run faster; "
