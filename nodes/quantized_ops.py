@@ -189,7 +189,7 @@ def make_quantized_layer(linear: torch.nn.Module, quantized: QuantizedWeight, st
     linear.weight = torch.nn.Parameter(torch.empty(tuple(stored.shape), dtype=stored.dtype, device=device),
                                        requires_grad=False)
     for name, tensor in sidecars.items():
-        setattr(linear, name, torch.nn.Parameter(tensor.detach().to(device=device, copy=True), requires_grad=False))
+        setattr(linear, name, torch.nn.Parameter(tensor.detach().to(device=device), requires_grad=False))
     linear.quantized = quantized
 
 
