@@ -1,0 +1,170 @@
+"""In-process host tests of the quantised file formats the DiT Loader reads (run in the host's Python; see
+comfy_inprocess.py): tiny DiT pairs saved as GGUF Q8_0 and Q4_K (written with gguf's GGUFWriter) and as bitsandbytes
+nf4 give, through the DiT Loader (weights kept quantised) and the Sampler node, the final latent of the same
+weights de-quantised by the format's own library (gguf's numpy ``dequantize``; the published NF4 table, or
+bitsandbytes where it runs) and sampled in float32 by the core; partial loading streams them unchanged.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import comfy_inprocess
+
+comfy_inprocess.skip_module_unless_in_host()
+
+import test_inprocess_sampler as sampler_tests  # noqa: E402  (the core oracle loop and the Sampler call)
+import tiny_host_models as tiny  # noqa: E402
+
+gguf = pytest.importorskip("gguf", reason="the pack's requirements (gguf) are not installed in this host's Python")
+
+# Widths whose rows hold whole Q4_K super-blocks (256 values), text width from the tiny text encoder.
+FORMAT_DIT_CONFIG = tiny.DiTConfig(num_layers=2, num_attention_heads=4, attention_head_dim=64, intermediate_size=512,
+                                   adaln_dim=256, in_channels=128, llm_features_dim=tiny.TEXT_CONFIG.features_dim,
+                                   mrope_section=(12, 10, 10))
+FORMATS = ("Q8_0", "Q4_K", "nf4")
+
+
+def pair_files(kind: str) -> tuple[str, str]:
+    suffix = "safetensors" if kind in ("float32", "nf4") else "gguf"
+    return f"ideogram4_format_{kind}.{suffix}", f"ideogram4_format_unconditional_{kind}.{suffix}"
+
+
+def nf4_weight(key: str, tensor: torch.Tensor) -> bool:
+    return tensor.ndim == 2 and key.endswith(".weight") and "norm" not in key and key != "embed_image_indicator.weight"
+
+
+@pytest.fixture(scope="module")
+def add_model_files():
+    def add(models_dir):
+        from safetensors.torch import save_file
+
+        from tools.quantized_weights import gguf_dit_types, store_nf4, write_gguf
+
+        folder = models_dir / "diffusion_models"
+        for index, seed in enumerate((31, 32)):
+            state = tiny.dit_state_dict(seed, FORMAT_DIT_CONFIG)
+            save_file(state, str(folder / pair_files("float32")[index]))
+            for block_type in ("Q8_0", "Q4_K"):
+                write_gguf(folder / pair_files(block_type)[index], state, gguf_dit_types(block_type), "ideogram4")
+            save_file(store_nf4(state, nf4_weight), str(folder / pair_files("nf4")[index]))
+    return add
+
+
+def dequantised_by_the_format_library(path) -> dict[str, torch.Tensor]:
+    """The oracle weights (float32): gguf's numpy de-quantisation, or the NF4 table applied by hand (bitsandbytes'
+    ``dequantize_4bit`` where it is installed)."""
+    if str(path).endswith(".gguf"):
+        import numpy as np
+
+        reader = gguf.GGUFReader(str(path))
+        return {t.name: torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).copy())
+                .reshape([int(d) for d in reversed(t.shape.tolist())]) for t in reader.tensors}
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path))
+    weights = {}
+    for key, value in stored.items():
+        if ".weight." in key:
+            continue
+        if key + ".absmax" not in stored:
+            weights[key] = value.float()
+            continue
+        import json
+
+        state = json.loads(bytes(stored[key + ".quant_state.bitsandbytes__nf4"].tolist()))
+        shape, blocksize = state["shape"], state["blocksize"]
+        try:
+            import bitsandbytes.functional as bnbf
+
+            quant_state = bnbf.QuantState(absmax=stored[key + ".absmax"], shape=torch.Size(shape),
+                                          code=stored[key + ".quant_map"], blocksize=blocksize, quant_type="nf4",
+                                          dtype=torch.float32)
+            weights[key] = bnbf.dequantize_4bit(value, quant_state).float()
+        except ImportError:
+            codes = torch.stack([value.reshape(-1) >> 4, value.reshape(-1) & 15], dim=1).reshape(-1).long()
+            table = stored[key + ".quant_map"].float()
+            scales = stored[key + ".absmax"].float().repeat_interleave(blocksize)
+            count = shape[0] * shape[1]
+            weights[key] = (table[codes[:count]] * scales[:count]).reshape(shape)
+    return weights
+
+
+def core_dit(state):
+    from ideogram4.dit import Ideogram4DiT
+
+    dit = Ideogram4DiT(FORMAT_DIT_CONFIG)
+    dit.load_state_dict(state, strict=True)
+    return dit.eval()
+
+
+@pytest.fixture(scope="module")
+def features(pack_models):
+    return pack_models[2]
+
+
+def pack_latent(host, features, kind, weight_dtype="default"):
+    cond, uncond = comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=pair_files(kind)[0],
+                                            uncond_model_name=pair_files(kind)[1], weight_dtype=weight_dtype)
+    return (cond, uncond), sampler_tests.run_pack_sampler(host, (cond, uncond, features))
+
+
+@pytest.fixture(scope="module")
+def unquantised_latent(host, features):
+    return pack_latent(host, features, "float32")[1]
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_quantised_pair_gives_the_latent_of_the_weights_dequantised_by_the_format_library(
+        host, models, features, unquantised_latent, kind):
+    folder = models / "diffusion_models"
+    (cond, uncond), latent = pack_latent(host, features, kind)
+    qkv = cond.model.diffusion_model.get_submodule("layers.0.attention.qkv")
+    assert qkv.weight.dtype == torch.uint8 and qkv.quantized.kind == ("nf4" if kind == "nf4" else "gguf")
+
+    oracle = [core_dit(dequantised_by_the_format_library(folder / name)) for name in pair_files(kind)]
+    features_tensor = features[0][0].float()
+    expected = sampler_tests.core_latent((oracle[0], oracle[1], features_tensor))
+    torch.testing.assert_close(latent, expected, rtol=1e-5, atol=1e-5)
+    distance = (latent - unquantised_latent).abs().max().item()
+    scale = unquantised_latent.abs().max().item()
+    print(f"\n{kind}: final-latent max |difference| from the unquantised pair {distance:.4g} (latent max {scale:.3g})")
+    assert 0 < distance
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_bf16_dequantises_the_quantised_files_once(host, models, kind):
+    cond, _ = comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=pair_files(kind)[0],
+                                       uncond_model_name=pair_files(kind)[1], weight_dtype="bf16")
+    qkv = cond.model.diffusion_model.get_submodule("layers.0.attention.qkv")
+    assert qkv.weight.dtype == torch.bfloat16 and getattr(qkv, "quantized", None) is None
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_partial_load_streams_quantised_layers_and_keeps_the_output_identical(host, models, kind):
+    import comfy.model_management
+
+    cond, _ = comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=pair_files(kind)[0],
+                                       uncond_model_name=pair_files(kind)[1], weight_dtype="default")
+    dit = cond.model.diffusion_model
+    cpu = torch.device("cpu")
+    cond.load(cpu, lowvram_model_memory=0, full_load=True)
+    fully_loaded = velocity(dit)
+    cond.detach()
+    cond.load(cpu, lowvram_model_memory=int(cond.model_size() * 0.4))
+    assert cond.model.model_lowvram
+    assert any(hasattr(m, "prev_comfy_cast_weights") and getattr(m, "quantized", None) is not None
+               for m in dit.modules())
+    assert torch.equal(velocity(dit), fully_loaded)
+    cond.detach()
+    comfy.model_management.cleanup_models_gc()
+
+
+def velocity(dit) -> torch.Tensor:
+    from ideogram4.velocity import conditional_velocity
+
+    generator = torch.Generator().manual_seed(8)
+    tokens = torch.randn((1, 12, 128), generator=generator)
+    text = torch.randn((1, 5, FORMAT_DIT_CONFIG.llm_features_dim), generator=generator)
+    return conditional_velocity(dit, tokens, 0.3, text, None, 3, 4, dtype=torch.float32)
