@@ -158,12 +158,12 @@ def store_nf4(tensors: dict[str, torch.Tensor], quantize_key, blocksize: int = 6
 
 
 def gguf_dit_types(block_type: str):
-    """``type_of`` for :func:`write_gguf` laid out like the published DiT GGUFs: block Linear weights in
+    """``type_of`` for :func:`write_gguf` laid out like the published DiT GGUFs (any key prefix): block Linear weights in
     ``block_type``, the other matrices BF16, ``embed_image_indicator`` F16, vectors (norms, biases) F32."""
     def type_of(name: str, tensor: torch.Tensor) -> str:
-        if name.startswith("layers.") and name.endswith(".weight") and tensor.ndim == 2:
+        if re.search(r"(^|\.)layers\.\d+\.", name) and name.endswith(".weight") and tensor.ndim == 2:
             return block_type
-        if name == "embed_image_indicator.weight":
+        if name.endswith("embed_image_indicator.weight"):
             return "F16"
         return "BF16" if tensor.ndim == 2 else "F32"
     return type_of

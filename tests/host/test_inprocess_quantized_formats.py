@@ -115,6 +115,18 @@ def unquantised_latent(host, features):
     return pack_latent(host, features, "float32")[1]
 
 
+def test_dit_loader_lists_gguf_files_from_its_folders(host, models):
+    listed = host.nodes.model_folders.model_file_list("diffusion_models")
+    assert pair_files("Q8_0")[0] in listed and pair_files("nf4")[0] in listed and tiny.COND_FILE in listed
+    assert pair_files("Q8_0")[0] not in host_folder_list("diffusion_models")  # native loaders do not see them
+
+
+def host_folder_list(folder):
+    import folder_paths
+
+    return folder_paths.get_filename_list(folder)
+
+
 @pytest.mark.parametrize("kind", FORMATS)
 def test_quantised_pair_gives_the_latent_of_the_weights_dequantised_by_the_format_library(
         host, models, features, unquantised_latent, kind):
@@ -168,3 +180,71 @@ def velocity(dit) -> torch.Tensor:
     tokens = torch.randn((1, 12, 128), generator=generator)
     text = torch.randn((1, 5, FORMAT_DIT_CONFIG.llm_features_dim), generator=generator)
     return conditional_velocity(dit, tokens, 0.3, text, None, 3, 4, dtype=torch.float32)
+
+
+# Text encoder: Q8_0 rows need widths in multiples of 32, so these files hold a wider tiny encoder than the others.
+FORMAT_TEXT_CONFIG = tiny.Qwen3VLTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=36,
+                                            num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+TEXT_ENCODER_FILES = {"float32": "qwen3vl_format_float32.safetensors", "Q8_0": "Qwen3-VL-format-Q8_0.gguf",
+                      "nf4": "qwen3vl_format_nf4.safetensors"}
+
+
+@pytest.fixture(scope="module")
+def text_encoder_state():
+    from tools.make_tiny_weights import module_shapes, random_tensors
+
+    shapes = module_shapes(tiny.Qwen3VLTextEncoder, FORMAT_TEXT_CONFIG)
+    return random_tensors(shapes, torch.Generator().manual_seed(41), embedding_std=None)
+
+
+@pytest.fixture(scope="module")
+def text_encoder_files(models, text_encoder_state):
+    from safetensors.torch import save_file
+
+    from tools.quantized_weights import llama_cpp_text_encoder_names, store_nf4, write_gguf
+
+    folder = models / "text_encoders"
+    save_file(text_encoder_state, str(folder / TEXT_ENCODER_FILES["float32"]))
+    write_gguf(folder / TEXT_ENCODER_FILES["Q8_0"],
+               {llama_cpp_text_encoder_names(key): value for key, value in text_encoder_state.items()},
+               lambda name, t: "Q8_0" if t.ndim == 2 else "F32", "qwen3vl")
+    save_file(store_nf4(text_encoder_state, lambda key, t: t.ndim == 2 and "embed" not in key),
+              str(folder / TEXT_ENCODER_FILES["nf4"]))
+    return folder
+
+
+def encoded(host, name, prompt="a red kite over a green hill"):
+    (encoder,) = comfy_inprocess.run_node(host.nodes.text_encoder_nodes.TextEncoderLoader, text_encoder_name=name)
+    (conditioning,) = comfy_inprocess.run_node(host.nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
+                                               prompt=prompt)
+    return encoder, conditioning[0][0].float()
+
+
+@pytest.mark.parametrize("kind", ["Q8_0", "nf4"])
+def test_quantised_text_encoder_gives_the_features_of_the_format_library_dequantisation(
+        host, text_encoder_files, kind):
+    from ideogram4.text_encoder import Qwen3VLTextEncoder
+    from ideogram4.text_encoder_checkpoint import hf_name_from_llama_cpp
+
+    assert TEXT_ENCODER_FILES[kind] in host.nodes.model_folders.model_file_list("text_encoders")
+    encoder, features = encoded(host, TEXT_ENCODER_FILES[kind])
+    q_proj = encoder.loaded.encoder.layers[0].self_attn.q_proj
+    assert q_proj.weight.dtype == torch.uint8 and q_proj.quantized.kind == ("gguf" if kind == "Q8_0" else "nf4")
+
+    oracle_state = dequantised_by_the_format_library(text_encoder_files / TEXT_ENCODER_FILES[kind])
+    if kind == "Q8_0":
+        oracle_state = {hf_name_from_llama_cpp(key): value for key, value in oracle_state.items()}
+    oracle = Qwen3VLTextEncoder(FORMAT_TEXT_CONFIG)
+    oracle.load_state_dict({key: oracle_state[key] for key in oracle.state_dict()}, strict=True)
+    expected, _ = tiny_encode(encoder, oracle.eval())
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+    _, unquantised = encoded(host, TEXT_ENCODER_FILES["float32"])
+    print(f"\n{kind} text encoder: features max |difference| from the unquantised file "
+          f"{(features - unquantised).abs().max().item():.4g} (features max {unquantised.abs().max().item():.3g})")
+
+
+def tiny_encode(pack_encoder, oracle_module):
+    """The oracle module run through the same tokenizer and prompt encoding as the pack's encoder."""
+    from ideogram4.text_encoder import encode_prompts
+
+    return encode_prompts(oracle_module, pack_encoder.loaded.tokenizer, ["a red kite over a green hill"])
