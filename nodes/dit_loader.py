@@ -65,14 +65,19 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
                 state[key], state[layer + ".weight_scale"] = quantize_fp8_rowwise(state[key])
 
     config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})
-    if quantized:
+    comfy_formats = sorted({spec.comfy_format for spec in quantized.values() if spec.kind == "comfy"})
+    if comfy_formats:
+        # Comfy-Org int8 / nvfp4 files: every ComfyUI-quantised layer goes to ComfyUI's own quantised layers.
+        config.custom_operations = comfy_operations_for(checkpoint.path, comfy_formats, compute_dtype, load_device)
+        config.set_inference_dtype(compute_dtype, compute_dtype)
+    elif quantized:
         config.custom_operations = Ideogram4QuantizedOps
         config.set_inference_dtype(compute_dtype, compute_dtype)
     else:
         stored = state["input_proj.weight"].dtype
         config.set_inference_dtype(stored, None if stored == compute_dtype else compute_dtype)
     model = Ideogram4Model(config)
-    for layer, spec in quantized.items():
+    for layer, spec in ((layer, spec) for layer, spec in quantized.items() if spec.kind != "comfy"):
         make_quantized_layer(model.diffusion_model.get_submodule(layer), spec, state[layer + ".weight"],
                              {name: state[f"{layer}.{name}"] for name in spec.sidecars})
     compat.archive_dtypes(model.diffusion_model)
@@ -85,6 +90,20 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     except ValueError as error:
         raise ValueError(f"Ideogram 4 DiT {checkpoint.path}: {error}") from None
     return patcher
+
+
+def comfy_operations_for(path: str, formats: list[str], compute_dtype: torch.dtype, load_device):
+    """ComfyUI's quantised layers for a file in ComfyUI's ``formats``, or a ValueError saying which ComfyUI reads it
+    and which files work on this one."""
+    missing = [fmt for fmt in formats if fmt not in compat.comfy_quant_formats()]
+    if missing:
+        raise ValueError(
+            f"Ideogram 4 DiT Loader: {path} is stored in ComfyUI's {', '.join(missing)} format, which only ComfyUI's "
+            f"own quantised layers (comfy.quant_ops) read; this ComfyUI lacks them. Update ComfyUI (version "
+            f"{compat.COMFY_QUANT_OPS_VERSION} reads them), or use a file that works here: "
+            "ideogram4_fp8_scaled.safetensors (Comfy-Org), a GGUF (ideogram4-Q8_0.gguf, -Q4_0 ...) or the official "
+            "ideogram-4-fp8 / ideogram-4-nf4 weights.")
+    return compat.comfy_quantized_operations(compute_dtype, load_device)
 
 
 def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):

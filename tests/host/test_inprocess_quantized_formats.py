@@ -248,3 +248,100 @@ def tiny_encode(pack_encoder, oracle_module):
     from ideogram4.text_encoder import encode_prompts
 
     return encode_prompts(oracle_module, pack_encoder.loaded.tokenizer, ["a red kite over a green hill"])
+
+
+# Comfy-Org int8_convrot / nvfp4_mixed: read through ComfyUI's own quantised layers where the host has them.
+COMFY_ORG_FILES = {"nvfp4_mixed": pair_files("nvfp4_mixed"), "int8_convrot": pair_files("int8_convrot")}
+
+
+def host_reads_comfy_quant(host) -> bool:
+    return {"nvfp4", "int8_tensorwise"} <= host.nodes.compat.comfy_quant_formats()
+
+
+def comfy_quantised_state(state: dict, kind: str) -> dict:
+    """``state`` with the block Linears quantised by ComfyUI's own code (comfy.quant_ops / comfy-kitchen) and
+    written by ComfyUI's own layer ``state_dict`` (the keys Comfy-Org's files carry): nvfp4_mixed puts the token
+    Linears in nvfp4 and adaln_modulation in float8_e4m3fn; int8_convrot every block Linear in int8 with convrot."""
+    import comfy.ops
+    import comfy.quant_ops as quant_ops
+
+    ops = comfy.ops.mixed_precision_ops({"mixed_ops": True}, torch.float32)
+    out = {}
+    for key, value in state.items():
+        if not (key.startswith("layers.") and key.endswith(".weight") and value.ndim == 2):
+            out[key] = value
+            continue
+        if kind == "int8_convrot":
+            fmt, options = "int8_tensorwise", dict(per_channel=True, convrot=True, convrot_groupsize=256)
+        else:
+            fmt, options = ("float8_e4m3fn", {}) if "adaln_modulation" in key else ("nvfp4", {})
+        layout = quant_ops.QUANT_ALGOS[fmt]["comfy_tensor_layout"]
+        layer = ops.Linear(value.shape[1], value.shape[0], bias=False, dtype=torch.float32)
+        layer.weight = torch.nn.Parameter(quant_ops.QuantizedTensor.from_float(value, layout, **options),
+                                          requires_grad=False)
+        layer.quant_format = fmt
+        out.update({key[: -len("weight")] + name: tensor for name, tensor in layer.state_dict().items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def comfy_org_files(host, models):
+    from safetensors.torch import save_file
+
+    if not host_reads_comfy_quant(host):
+        pytest.skip("this host's comfy.quant_ops does not read nvfp4 / int8_tensorwise")
+    folder = models / "diffusion_models"
+    for kind, names in COMFY_ORG_FILES.items():
+        for name, seed in zip(names, (31, 32)):
+            state = comfy_quantised_state(tiny.dit_state_dict(seed, FORMAT_DIT_CONFIG), kind)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(folder / name))
+    return folder
+
+
+@pytest.mark.parametrize("kind", list(COMFY_ORG_FILES))
+def test_comfy_org_files_run_through_comfys_quantised_layers(host, features, unquantised_latent, comfy_org_files,
+                                                             kind):
+    """The pack's latent equals the core loop run on DiTs built with ComfyUI's own quantised layers from the same
+    file (the format's own library), and stays near the unquantised pair."""
+    from safetensors.torch import load_file
+
+    from ideogram4.dit import Ideogram4DiT
+
+    (cond, _), latent = pack_latent(host, features, kind)
+    qkv = cond.model.diffusion_model.get_submodule("layers.0.attention.qkv")
+    assert type(qkv.weight).__name__ == "QuantizedTensor" or type(qkv.weight.data).__name__ == "QuantizedTensor"
+    operations = host.nodes.compat.comfy_quantized_operations(torch.float32, torch.device("cpu"))
+    oracle = []
+    for name in COMFY_ORG_FILES[kind]:
+        dit = Ideogram4DiT(FORMAT_DIT_CONFIG, dtype=torch.float32, operations=operations)
+        dit.load_state_dict(load_file(str(comfy_org_files / name)), strict=True)
+        oracle.append(dit.eval())
+    expected = sampler_tests.core_latent((oracle[0], oracle[1], features[0][0].float()))
+    torch.testing.assert_close(latent, expected, rtol=1e-5, atol=1e-5)
+    distance = (latent - unquantised_latent).abs().max().item()
+    print(f"\n{kind}: final-latent max |difference| from the unquantised pair {distance:.4g}")
+    assert distance < 0.5 * unquantised_latent.abs().max().item()
+
+
+def test_comfy_org_nvfp4_file_on_a_host_without_comfy_quant_ops_names_the_version_and_the_files_that_work(
+        host, models):
+    if host_reads_comfy_quant(host):
+        pytest.skip("this host reads nvfp4 through comfy.quant_ops (tested above)")
+    from safetensors.torch import save_file
+
+    state = tiny.dit_state_dict(33, FORMAT_DIT_CONFIG)
+    out = dict(state)
+    weight = state["layers.0.attention.o.weight"]  # the nvfp4 layout ComfyUI's layer reads: 2 values per byte
+    out["layers.0.attention.o.weight"] = torch.zeros((weight.shape[0], weight.shape[1] // 2), dtype=torch.uint8)
+    out["layers.0.attention.o.weight_scale"] = torch.ones((weight.shape[0], weight.shape[1] // 16))
+    out["layers.0.attention.o.weight_scale_2"] = torch.tensor(1.0)
+    out["layers.0.attention.o.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'), dtype=torch.uint8)
+    folder = models / "diffusion_models"
+    save_file(out, str(folder / "ideogram4_nvfp4_mixed.safetensors"))
+    save_file(out, str(folder / "ideogram4_unconditional_nvfp4_mixed.safetensors"))
+    with pytest.raises(ValueError, match=r"ideogram4_nvfp4_mixed\.safetensors is stored in ComfyUI's nvfp4 format.*"
+                                         r"this ComfyUI lacks them\. Update ComfyUI \(version 0\.33 reads them\).*"
+                                         r"ideogram4_fp8_scaled\.safetensors.*GGUF"):
+        comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="ideogram4_nvfp4_mixed.safetensors",
+                                 uncond_model_name="ideogram4_unconditional_nvfp4_mixed.safetensors",
+                                 weight_dtype="default")
