@@ -64,6 +64,7 @@ from .quantization import (
     dequantize_fp8_rowwise,
     parse_comfy_quant,
 )
+from .weight_files import describe_model_kind
 from .safetensors_io import (
     CheckpointError,
     SafetensorsSource,
@@ -102,9 +103,6 @@ _QUANT_SIDECARS = (".weight_scale", ".input_scale", ".comfy_quant", ".weight_sca
 # ``.weight.quant_state.bitsandbytes__nf4`` (double quantisation adds ``.weight.nested_*``, not read).
 _BNB_SIDECARS = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
 _BNB_STATE = ".quant_state."
-# general.architecture values of GGUF language models: a text encoder picked in the DiT Loader.
-_LANGUAGE_MODEL_ARCHITECTURES = ("llama", "qwen2", "qwen2vl", "qwen3", "qwen3vl", "qwen3moe", "t5", "t5encoder",
-                                 "gemma", "gemma2", "gemma3", "mistral", "phi3")
 # ComfyUI quantisation formats the pack hands to ComfyUI's own quantised layers (comfy.quant_ops), with how a
 # stored weight's columns relate to the layer's inputs (nvfp4 packs two 4-bit values per byte).
 COMFY_NATIVE_FORMATS = {"int8_tensorwise": 1, "nvfp4": 2}
@@ -229,30 +227,6 @@ class _Plan:
 
     def error(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.file_label}: {what} {SUPPORTED_LAYOUTS}")
-
-
-def _describe_foreign(keys: list[str]) -> str:
-    """What a state dict that is not an Ideogram 4 DiT looks like, for the error message."""
-    text = "\n".join(keys)
-    sample = ", ".join(keys[:3])
-    if "input_blocks." in text or "middle_block." in text:
-        return f"a Stable Diffusion / SDXL UNet (keys like {sample}), not an Ideogram 4 DiT"
-    if "double_blocks." in text and "single_blocks." in text:
-        return f"a FLUX transformer (double_blocks/single_blocks keys like {sample}), not an Ideogram 4 DiT"
-    if "joint_blocks." in text:
-        return f"an SD3 MMDiT (joint_blocks keys like {sample}), not an Ideogram 4 DiT"
-    if "self_attn.q_proj" in text or "embed_tokens" in text:
-        return (f"a text encoder / language model (keys like {sample}); load it with the Ideogram 4 text encoder "
-                "loader instead")
-    if any(marker in text for marker in ("decoder.conv_in", "encoder.conv_in", "post_quant_conv", "decoder.up.",
-                                         "decoder.up_blocks")):
-        return f"a VAE / autoencoder (keys like {sample}); load it with a VAE loader instead"
-    if "lora_A" in text or "lora_down" in text or "lora_B" in text or "lora_up" in text:
-        return f"a LoRA (keys like {sample}); apply it with a LoRA loader, it is not a full model"
-    if ".attention.qkv." in text or ".attention.to_q." in text:
-        return (f"Ideogram 4-style transformer blocks, but {MARKER_KEY} is missing, so the file is incomplete "
-                f"(keys like {sample})")
-    return f"an unrecognised state dict ({len(keys)} tensors, keys like {sample})"
 
 
 def _detect_prefix(keys: dict, label: str) -> str | None:
@@ -455,16 +429,9 @@ def _plan_dit(path) -> _Plan:
     keys = source.entries
     prefix = _detect_prefix(keys, label)
     if prefix is None:
-        architecture = getattr(source, "architecture", None)
-        if architecture in _LANGUAGE_MODEL_ARCHITECTURES:
-            raise CheckpointError(
-                f"{label}: this is a GGUF language model (general.architecture {architecture!r}), not an Ideogram 4 "
-                "DiT; a Qwen3-VL GGUF goes in models/text_encoders and the Ideogram 4 Text Encoder Loader. "
-                f"{SUPPORTED_LAYOUTS}")
-        found = f"a GGUF file of architecture {architecture!r} with " if architecture else ""
         raise CheckpointError(
-            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like {found}"
-            f"{_describe_foreign(list(keys))}. {SUPPORTED_LAYOUTS}"
+            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like "
+            f"{describe_model_kind(keys, getattr(source, 'architecture', None))}. {SUPPORTED_LAYOUTS}"
         )
     local = {key[len(prefix):]: key for key in keys if key.startswith(prefix)}
 

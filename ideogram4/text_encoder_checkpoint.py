@@ -60,6 +60,7 @@ from .safetensors_io import (
 )
 from .text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts, num_layers_to_build
 from .tokens import find_tokenizer_dir, load_tokenizer
+from .weight_files import describe_model_kind
 
 # The key that identifies a Qwen3 decoder (per-head q norm) and, by what precedes it, the language model prefix.
 _Q_NORM_SUFFIX = "layers.0.self_attn.q_norm.weight"
@@ -147,32 +148,7 @@ def _resolve_weights_path(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _describe_foreign(keys: list[str]) -> str:
-    """What a file that is not a Qwen3-VL language model looks like, for the error message."""
-    text = "\n".join(keys)
-    sample = ", ".join(keys[:3])
-    if "embed_image_indicator" in text or "llm_cond_proj" in text or ".attention.qkv." in text:
-        return f"an Ideogram 4 DiT (diffusion model, keys like {sample}); load it with the DiT loader instead"
-    if "double_blocks." in text or "single_blocks." in text or "joint_blocks." in text or "input_blocks." in text:
-        return f"a diffusion model (keys like {sample}); it belongs in models/diffusion_models"
-    if any(marker in text for marker in ("decoder.conv_in", "encoder.conv_in", "post_quant_conv", "decoder.up.",
-                                         "decoder.up_blocks", "decoder.mid")):
-        return f"a VAE / autoencoder (keys like {sample}); load it with a VAE loader instead"
-    if "text_model.encoder.layers." in text:
-        return f"a CLIP text encoder (keys like {sample}), not Qwen3-VL"
-    if ".SelfAttention." in text and "encoder.block." in text:
-        return f"a T5 text encoder (keys like {sample}), not Qwen3-VL"
-    if "self_attn.q_proj" in text and "embed_tokens" in text:
-        return (f"a language model without per-head q/k norms (Llama / Qwen2 / Qwen2.5-VL style, keys like "
-                f"{sample}), not Qwen3-VL")
-    if "visual." in text or "vision" in text:
-        return f"a vision tower without its language model (keys like {sample})"
-    if "lora_A" in text or "lora_down" in text:
-        return f"a LoRA (keys like {sample}), not a full model"
-    return f"an unrecognised state dict ({len(keys)} tensors, keys like {sample})"
-
-
-def _find_text_prefix(keys: list[str], label: str) -> str:
+def _find_text_prefix(keys: list[str], label: str, architecture: str | None = None) -> str:
     candidates = sorted(
         key[: -len(_Q_NORM_SUFFIX)]
         for key in keys
@@ -193,7 +169,8 @@ def _find_text_prefix(keys: list[str], label: str) -> str:
             f"'{candidates[0]}embed_tokens.weight'; the file is incomplete. Re-download it. " + SUPPORTED_LAYOUTS
         )
     raise CheckpointError(
-        f"{label}: this is not a Qwen3-VL text encoder: it looks like {_describe_foreign(keys)}. " + SUPPORTED_LAYOUTS
+        f"{label}: this is not a Qwen3-VL text encoder: it looks like {describe_model_kind(keys, architecture)}. "
+        + SUPPORTED_LAYOUTS
     )
 
 
@@ -278,7 +255,7 @@ def inspect_text_encoder_checkpoint(path: str | pathlib.Path) -> TextEncoderLayo
     source = _open(path)
     label = str(path)
     keys = list(source.entries)
-    prefix = _find_text_prefix(keys, label)
+    prefix = _find_text_prefix(keys, label, getattr(source, "architecture", None))
     _check_gguf_architecture(source, label)
     layer_indices = {int(m.group(1)) for key in keys if key.startswith(prefix)
                      for m in [_LAYER_KEY.match(key[len(prefix):])] if m}

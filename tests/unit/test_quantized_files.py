@@ -110,8 +110,9 @@ def test_a_language_model_gguf_in_the_dit_loader_is_refused_naming_the_text_enco
     path = tmp_path / "Qwen3-VL-8B-Q8_0.gguf"
     write_gguf(path, {"token_embd.weight": torch.randn(64, 32), "blk.0.attn_q.weight": torch.randn(32, 32)},
                lambda name, t: "Q8_0", "qwen3vl")
-    with pytest.raises(CheckpointError, match=r"Q8_0\.gguf: this is a GGUF language model \(general.architecture "
-                                              r"'qwen3vl'\).*Text Encoder Loader"):
+    with pytest.raises(CheckpointError, match=r"Q8_0\.gguf: this is not an Ideogram 4 DiT checkpoint: it looks like a "
+                                              r"GGUF file of architecture 'qwen3vl' holding a Qwen3 language model.*"
+                                              r"Text Encoder Loader"):
         load_dit_checkpoint(path)
 
 
@@ -120,7 +121,7 @@ def test_a_gguf_of_another_image_model_is_refused_naming_its_architecture(tmp_pa
     write_gguf(path, {"double_blocks.0.img_attn.qkv.weight": torch.randn(96, 32),
                       "single_blocks.0.linear1.weight": torch.randn(32, 32)}, lambda name, t: "Q4_0", "flux")
     with pytest.raises(CheckpointError, match=r"flux1-dev-Q4_0\.gguf: this is not an Ideogram 4 DiT checkpoint: it "
-                                              r"looks like a GGUF file of architecture 'flux' with a FLUX transformer"):
+                                              r"looks like a GGUF file of architecture 'flux' holding a FLUX transformer"):
         load_dit_checkpoint(path)
 
 
@@ -138,3 +139,21 @@ def test_an_unsupported_gguf_type_is_refused_naming_the_type_and_the_supported_o
                                               r"\(e\.g\. layers\.0\.attention\.o\.weight\)\. Supported types: .*Q4_K.*"
                                               r"Q8_0"):
         load_dit_checkpoint(path)
+
+
+def test_one_classifier_names_each_file_by_content_not_by_name(state, tmp_path):
+    from ideogram4.weight_files import classify_weight_file
+
+    dit = tmp_path / "looks_like_a_text_encoder.gguf"  # the name says nothing; the content decides
+    write_gguf(dit, state, gguf_dit_types("Q8_0"), "ideogram4")
+    text_encoder = tmp_path / "ideogram4.safetensors"
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 2), "model.layers.0.self_attn.q_norm.weight": torch.ones(2)},
+              str(text_encoder))
+    lora = tmp_path / "model.gguf.safetensors"
+    save_file({"diffusion_model.layers.0.attention.qkv.lora_A.weight": torch.zeros(2, 2)}, str(lora))
+    found = {path.name: classify_weight_file(path) for path in (dit, text_encoder, lora)}
+    assert (found[dit.name].container, found[dit.name].model, found[dit.name].architecture) == \
+        ("gguf", "ideogram4_dit", "ideogram4")
+    assert (found[text_encoder.name].container, found[text_encoder.name].model) == ("safetensors",
+                                                                                    "qwen3_text_encoder")
+    assert found[lora.name].model == "lora" and "LoRA loader" in found[lora.name].description
