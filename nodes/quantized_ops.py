@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..ideogram4.quantization import QuantizedWeight, fp8_matmul_linear
 
+from . import compat
 from .compat import PyTorchStateDictLoading
 
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
@@ -204,3 +205,16 @@ def make_fp8_layer(linear: torch.nn.Module, weight_scale: torch.Tensor,
     make_quantized_layer(linear, QuantizedWeight("fp8_rowwise", shape),
                          torch.empty(shape, dtype=storage_dtype, device="meta"),
                          {"weight_scale": weight_scale.to(torch.float32)})
+
+
+def comfy_operations_for(node: str, path, formats: list[str], compute_dtype: torch.dtype, load_device,
+                         alternatives: str):
+    """ComfyUI's own quantised layers for a file stored in ComfyUI's ``formats`` (Comfy-Org int8 / nvfp4), or a
+    ValueError naming ``node``, the file, the ComfyUI version that reads it and the ``alternatives`` that work here."""
+    missing = [fmt for fmt in formats if fmt not in compat.comfy_quant_formats()]
+    if missing:
+        raise ValueError(
+            f"{node}: {path} is stored in ComfyUI's {', '.join(missing)} format, which only ComfyUI's own quantised "
+            f"layers (comfy.quant_ops) read; this ComfyUI lacks them. Update ComfyUI (version "
+            f"{compat.COMFY_QUANT_OPS_VERSION} reads them), or use a file that works here: {alternatives}.")
+    return compat.comfy_quantized_operations(compute_dtype, load_device)

@@ -345,3 +345,45 @@ def test_comfy_org_nvfp4_file_on_a_host_without_comfy_quant_ops_names_the_versio
         comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="ideogram4_nvfp4_mixed.safetensors",
                                  uncond_model_name="ideogram4_unconditional_nvfp4_mixed.safetensors",
                                  weight_dtype="default")
+
+
+def test_comfy_org_nvfp4_text_encoder_runs_through_comfys_quantised_layers(host, text_encoder_files,
+                                                                          text_encoder_state):
+    from safetensors.torch import load_file, save_file
+
+    from ideogram4.text_encoder import Qwen3VLTextEncoder
+
+    if not host_reads_comfy_quant(host):
+        pytest.skip("this host's comfy.quant_ops does not read nvfp4 (the refusal is tested below)")
+    path = text_encoder_files / "qwen3vl_format_nvfp4.safetensors"
+    save_file({"model." + k: v.contiguous() for k, v in comfy_quantised_state(text_encoder_state,
+                                                                              "nvfp4_mixed").items()}, str(path))
+    encoder, features = encoded(host, path.name)
+    q_proj = encoder.loaded.encoder.layers[0].self_attn.q_proj
+    assert "QuantizedTensor" in (type(q_proj.weight).__name__, type(q_proj.weight.data).__name__)
+    operations = host.nodes.compat.comfy_quantized_operations(torch.float32, torch.device("cpu"))
+    oracle = Qwen3VLTextEncoder(FORMAT_TEXT_CONFIG, dtype=torch.float32, operations=operations)
+    stored = {key[len("model."):]: value for key, value in load_file(str(path)).items()}
+    oracle.load_state_dict(stored, strict=True)
+    expected, _ = tiny_encode(encoder, oracle.eval())
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_comfy_org_nvfp4_text_encoder_on_a_host_without_comfy_quant_ops_is_refused(host, text_encoder_files,
+                                                                                  text_encoder_state):
+    from safetensors.torch import save_file
+
+    if host_reads_comfy_quant(host):
+        pytest.skip("this host reads nvfp4 through comfy.quant_ops (tested above)")
+    state = {"model." + k: v for k, v in text_encoder_state.items()}
+    weight = state["model.layers.0.self_attn.q_proj.weight"]
+    state["model.layers.0.self_attn.q_proj.weight"] = torch.zeros((weight.shape[0], weight.shape[1] // 2),
+                                                                  dtype=torch.uint8)
+    state["model.layers.0.self_attn.q_proj.weight_scale"] = torch.ones((weight.shape[0], weight.shape[1] // 16))
+    state["model.layers.0.self_attn.q_proj.weight_scale_2"] = torch.tensor(1.0)
+    state["model.layers.0.self_attn.q_proj.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'),
+                                                                        dtype=torch.uint8)
+    save_file(state, str(text_encoder_files / "qwen3vl_8b_nvfp4.safetensors"))
+    with pytest.raises(ValueError, match=r"Ideogram 4 Text Encoder Loader: .*qwen3vl_8b_nvfp4\.safetensors is stored "
+                                         r"in ComfyUI's nvfp4 format.*version 0\.33.*qwen3vl_8b_fp8_scaled"):
+        encoded(host, "qwen3vl_8b_nvfp4.safetensors")
