@@ -49,6 +49,7 @@ from .quantization import (
     FP8_DTYPES,
     QuantizedWeight,
     as_row_scale,
+    fp8_scaling,
     parse_comfy_quant,
 )
 from .safetensors_io import (
@@ -324,6 +325,7 @@ def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
     """A stored tensor and its quantisation sidecars -> (weight, scale or None): the weight as stored (uint8 bytes
     of old ComfyUI files viewed as their fp8 dtype), the scale as stored (one value or per row)."""
     where = f"{label}: {key}"
+    quant_format = None
     if "comfy_quant" in sidecars:
         quant_key = where[: -len("weight")] + "comfy_quant"
         quant_format = parse_comfy_quant(sidecars["comfy_quant"], where=quant_key)["format"]
@@ -332,19 +334,12 @@ def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
                 f"{where}: uses ComfyUI quantisation format {quant_format!r}, which this pack does not de-quantise "
                 f"(supported: {sorted(COMFY_FP8_FORMATS)}). Use qwen3vl_8b_fp8_scaled.safetensors or the bf16 weights."
             )
-        if weight.dtype == torch.uint8:  # older ComfyUI files store fp8 bytes as uint8
-            weight = weight.view(COMFY_FP8_FORMATS[quant_format])
     scale = sidecars.get("weight_scale", sidecars.get("scale_weight"))
-    if scale is None:
-        return weight, None
-    if weight.dtype not in FP8_DTYPES:
-        raise CheckpointError(f"{where}: has a weight scale but is stored as {weight.dtype}, not float8.")
-    if scale.numel() == 1 or (weight.dim() == 2 and scale.shape == (weight.shape[0],)):
-        return weight, scale
-    raise CheckpointError(
-        f"{where}: weight scale of shape {tuple(scale.shape)} fits neither per-tensor (one value) nor per-row "
-        f"({weight.shape[0]},) scaling of a weight of shape {tuple(weight.shape)}."
-    )
+    kind = fp8_scaling(where, weight.dtype, tuple(weight.shape), None if scale is None else tuple(scale.shape),
+                       quant_format)
+    if quant_format is not None and weight.dtype == torch.uint8:  # older ComfyUI files store fp8 bytes as uint8
+        weight = weight.view(COMFY_FP8_FORMATS[quant_format])
+    return weight, scale if kind in ("rowwise", "per_tensor") else None
 
 
 def _check_shapes(expected: dict[str, tuple[int, ...]], shapes: dict[str, list[int]], layout: TextEncoderLayout
