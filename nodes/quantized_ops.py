@@ -32,9 +32,7 @@ from ..ideogram4.quantization import QuantizedWeight, fp8_matmul_linear
 from . import compat
 from .compat import PyTorchStateDictLoading
 
-FP8_STORAGE_DTYPE = torch.float8_e4m3fn
-# ComfyUI >= 0.4: cast_bias_weight(..., offloadable=True) + uncast_bias_weight after the weight's last use.
-HAS_UNCAST = hasattr(comfy.ops, "uncast_bias_weight")
+HAS_UNCAST = compat.has_offloadable_cast()
 # The attribute of a quantised layer's weight Parameter that carries the patches a full load gave it.
 PATCH_ATTRIBUTE = "ideogram4_weight_patch"
 _Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ComfyUI's backup record
@@ -192,19 +190,6 @@ def make_quantized_layer(linear: torch.nn.Module, quantized: QuantizedWeight, st
     for name, tensor in sidecars.items():
         setattr(linear, name, torch.nn.Parameter(tensor.detach().to(device=device), requires_grad=False))
     linear.quantized = quantized
-
-
-def make_fp8_layer(linear: torch.nn.Module, weight_scale: torch.Tensor,
-                   storage_dtype: torch.dtype = FP8_STORAGE_DTYPE) -> None:
-    """Turn ``linear`` into an fp8 row-wise layer: an fp8 weight of its shape and a ``weight_scale`` (out,) float32
-    Parameter; ``load_state_dict`` then loads both without converting the fp8 weight."""
-    shape = (linear.out_features, linear.in_features)
-    if tuple(weight_scale.shape) != (shape[0],):
-        raise ValueError(f"weight_scale of shape {tuple(weight_scale.shape)} does not fit a Linear with "
-                         f"{shape[0]} output rows")
-    make_quantized_layer(linear, QuantizedWeight("fp8_rowwise", shape),
-                         torch.empty(shape, dtype=storage_dtype, device="meta"),
-                         {"weight_scale": weight_scale.to(torch.float32)})
 
 
 def comfy_operations_for(node: str, path, formats: list[str], compute_dtype: torch.dtype, load_device,

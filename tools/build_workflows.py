@@ -3,7 +3,7 @@
     python tools/build_workflows.py            # rewrite workflows/*.json
     python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
 
-One small graph builder keeps the four files consistent: the same loaders with the same download hints
+One small graph builder keeps the files consistent: the same loaders with the same download hints
 (``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
 The node schemas below mirror the pack's node definitions (nodes/) and the native nodes used; the host tests
 check every file against a live server's ``/object_info``, so a drift shows up there.
@@ -79,12 +79,19 @@ SCHEMAS = {
         [("output", "LATENT"), ("denoised_output", "LATENT")],
     ),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE", False), ("vae", "VAE", False)], [("LATENT", "LATENT")]),
+    "LoadImage": ([("image", "COMBO", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")]),
     "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
                    "Ideogram4RefTextEncode": {"official_width", "official_height"}}
-NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
+# Combo inputs with an upload button (one more widgets_values entry, "image").
+UPLOAD_INPUTS = {"LoadImage": {"image"}}
+NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SetLatentNoiseMask",
+                "SaveImage"}
+INPAINT_IMAGE = "example.png"  # the image a fresh ComfyUI has in its input folder
 # The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
 CAPTION = {
     "high_level_description": "A hand-painted wooden sign reading \"FRESH BREAD\" hangs in the sunlit window of a "
@@ -183,6 +190,20 @@ def _loaders(graph, y=120):
     return dit, encode, vae
 
 
+def _graph_with_loaders(note):
+    """A new graph with the artist's Note and the loaders: (graph, DiT loader, Text Encode, VAE loader)."""
+    graph = Graph()
+    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    return (graph, *_loaders(graph))
+
+
+def _wire_models(graph, dit, encode, target):
+    """Both transformers and the text features into a sampling node (Sampler or Guider)."""
+    graph.link(dit, "cond_model", target, "cond_model")
+    graph.link(dit, "uncond_model", target, "uncond_model")
+    graph.link(encode, "CONDITIONING", target, "conditioning")
+
+
 def _loader_note(preset_name):
     steps, _, _, guidance = PRESETS[preset_name]
     return (
@@ -207,16 +228,12 @@ def _loader_note(preset_name):
 
 def one_node_sampler_workflow(preset_name, width, height, prefix):
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
     sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
     save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    _wire_models(graph, dit, encode, sampler)
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
@@ -226,7 +243,6 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
 def native_interop_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) with ComfyUI's own sampler nodes\n\n"
         "Same result as the one-node sampler, built from parts so you can swap pieces: the pack's Scheduler gives "
@@ -237,8 +253,7 @@ def native_interop_workflow():
         "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(note)
     guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
     scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
     noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
@@ -247,9 +262,7 @@ def native_interop_workflow():
     sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
     decode = graph.add("VAEDecode", (1640, 120), (220, 50))
     save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
-    graph.link(dit, "cond_model", guider, "cond_model")
-    graph.link(dit, "uncond_model", guider, "uncond_model")
-    graph.link(encode, "CONDITIONING", guider, "conditioning")
+    _wire_models(graph, dit, encode, guider)
     graph.link(noise, "NOISE", sampler, "noise")
     graph.link(guider, "GUIDER", sampler, "guider")
     graph.link(select, "SAMPLER", sampler, "sampler")
@@ -261,9 +274,45 @@ def native_interop_workflow():
     return graph.workflow()
 
 
+def inpaint_workflow():
+    preset_name = "Default 20"
+    steps, mu, std, guidance = PRESETS[preset_name]
+    note = (
+        "Ideogram 4 (reference) - inpainting\n\n"
+        "Re-draws only the masked part of an image. Load your image, right-click Load Image and choose 'Open in "
+        "MaskEditor', paint over what should change and save. The VAE encodes the image, Set Latent Noise Mask "
+        "attaches the mask, and the sampler re-samples only the painted area: the rest follows the original "
+        "image at every step and comes back unchanged in the latent. Describe the whole picture as you want it "
+        "in the prompt, the new part included.\n\n"
+        "The image size decides the output size (width and height on the sampler are not used when a latent is "
+        "connected); sides are cropped to multiples of 16. Denoise 1 re-draws the masked area from noise; lower "
+        "values keep more of what was there.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    image = graph.add("LoadImage", (460, 480), (420, 340), [INPAINT_IMAGE, "image"])
+    vae_encode = graph.add("VAEEncode", (920, 480), (220, 50))
+    set_mask = graph.add("SetLatentNoiseMask", (920, 580), (260, 50))
+    sampler = graph.add("Ideogram4RefSampler", (1220, 120), (360, 470),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", 1024, 1024, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (1620, 120), (260, 80), [False])
+    save = graph.add("SaveImage", (1920, 120), (520, 560), ["ideogram4/inpaint"])
+    graph.link(image, "IMAGE", vae_encode, "pixels")
+    graph.link(vae, "VAE", vae_encode, "vae")
+    graph.link(vae_encode, "LATENT", set_mask, "samples")
+    graph.link(image, "MASK", set_mask, "mask")
+    _wire_models(graph, dit, encode, sampler)
+    graph.link(set_mask, "LATENT", sampler, "latent")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
 def all_workflows() -> dict[str, dict]:
     """File name -> workflow."""
     return {
+        "ideogram4_inpaint.json": inpaint_workflow(),
         "ideogram4_text_to_image.json": one_node_sampler_workflow("Default 20", 1024, 1024, "ideogram4/text_to_image"),
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
