@@ -14,6 +14,7 @@ import comfy_inprocess
 
 comfy_inprocess.skip_module_unless_in_host()
 
+import test_inprocess_model_management as model_management_tests  # noqa: E402  (the partial-load helper)
 import test_inprocess_sampler as sampler_tests  # noqa: E402  (the core oracle loop and the Sampler call)
 import tiny_host_models as tiny  # noqa: E402
 
@@ -155,22 +156,11 @@ def test_bf16_dequantises_the_quantised_files_once(host, models, kind):
 
 @pytest.mark.parametrize("kind", FORMATS)
 def test_partial_load_streams_quantised_layers_and_keeps_the_output_identical(host, models, kind):
-    import comfy.model_management
-
     cond, _ = comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=pair_files(kind)[0],
                                        uncond_model_name=pair_files(kind)[1], weight_dtype="default")
-    dit = cond.model.diffusion_model
-    cpu = torch.device("cpu")
-    cond.load(cpu, lowvram_model_memory=0, full_load=True)
-    fully_loaded = velocity(dit)
-    cond.detach()
-    cond.load(cpu, lowvram_model_memory=int(cond.model_size() * 0.4))
-    assert cond.model.model_lowvram
-    assert any(hasattr(m, "prev_comfy_cast_weights") and getattr(m, "quantized", None) is not None
-               for m in dit.modules())
-    assert torch.equal(velocity(dit), fully_loaded)
-    cond.detach()
-    comfy.model_management.cleanup_models_gc()
+    fully_loaded, partially_loaded, (streamed, _) = model_management_tests.full_and_partial_load(cond, velocity)
+    assert streamed > 0
+    assert torch.equal(partially_loaded, fully_loaded)
 
 
 def velocity(dit) -> torch.Tensor:
