@@ -157,3 +157,11 @@ def test_one_classifier_names_each_file_by_content_not_by_name(state, tmp_path):
     assert (found[text_encoder.name].container, found[text_encoder.name].model) == ("safetensors",
                                                                                     "qwen3_text_encoder")
     assert found[lora.name].model == "lora" and "LoRA loader" in found[lora.name].description
+
+
+def test_a_damaged_gguf_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "ideogram4-Q8_0.gguf"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match=r"ideogram4-Q8_0\.gguf: not a readable safetensors file .*named \.gguf "
+                                              r"but does not start with the GGUF magic bytes"):
+        load_dit_checkpoint(path)
