@@ -61,22 +61,23 @@ def enhancer_request(idea: str, width: int, height: int, keep_boxes: bool = Fals
 
 def generate_caption(encoder: Qwen3VLTextEncoder, head: Qwen3VLLanguageModelHead, token_grammar: CaptionTokenGrammar,
                      prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
-                     use_cache: bool = True, on_tokens: Callable[[int], None] | None = None) -> str:
+                     use_cache: bool = True, on_tokens: Callable[[int], None] | None = None, device=None) -> str:
     """A caption continuing ``prompt_ids``, constrained to the schema, in at most ``max_new_tokens`` tokens.
     Returns the canonical minified caption. Raises :class:`ideogram4.constrained_decoding.CaptionBudgetError`
     when the budget cannot hold the shortest caption."""
     choice = ConstrainedCaptionChoice(token_grammar, max_new_tokens, temperature=temperature, seed=seed)
-    generate(encoder, head, prompt_ids, max_new_tokens, choice, use_cache=use_cache, on_tokens=on_tokens)
+    generate(encoder, head, prompt_ids, max_new_tokens, choice, use_cache=use_cache, on_tokens=on_tokens,
+             device=device)
     return choice.caption()
 
 
 def enhance_prompt(encoder: Qwen3VLTextEncoder, head: Qwen3VLLanguageModelHead, tokenizer,
                    token_grammar: CaptionTokenGrammar, idea: str, width: int, height: int, max_new_tokens: int,
                    temperature: float = 0.0, seed: int = 0,
-                   on_tokens: Callable[[int], None] | None = None) -> str:
+                   on_tokens: Callable[[int], None] | None = None, device=None) -> str:
     """The idea as an Ideogram 4 caption (canonical minified JSON). ``token_grammar`` decides whether elements
     may carry boxes (its ``keep_boxes``); the request asks for boxes then too."""
     request = enhancer_request(idea, width, height, keep_boxes=token_grammar.grammar.keep_boxes)
     prompt_ids = list(tokenizer(request, add_special_tokens=False)["input_ids"])
     return generate_caption(encoder, head, token_grammar, prompt_ids, max_new_tokens, temperature=temperature,
-                            seed=seed, on_tokens=on_tokens)
+                            seed=seed, on_tokens=on_tokens, device=device)

@@ -78,8 +78,8 @@ def next_token_logits(encoder: Qwen3VLTextEncoder, head: Qwen3VLLanguageModelHea
                       kv_cache: KVCache | None = None) -> torch.Tensor:
     """Logits (vocab,) float32 after the tokens ``input_ids`` (1, L).
 
-    With a cache: ``input_ids`` continue the cached sequence (the whole prompt on the first call, then one
-    token per call) and their keys and values are added to it. Without: ``input_ids`` is the whole sequence.
+    With a cache: ``input_ids`` continue the cached sequence (the whole prompt on the first call, then the new
+    tokens) and their keys and values are added to it. Without: ``input_ids`` is the whole sequence.
     """
     start = 0 if kv_cache is None else kv_cache.length
     length = input_ids.shape[1]
@@ -93,28 +93,30 @@ def next_token_logits(encoder: Qwen3VLTextEncoder, head: Qwen3VLLanguageModelHea
         mask = attention_mask_4d(None, length, device)
     elif length == 1:
         mask = None  # one new token sees every cached position
-    else:
-        raise ValueError("next_token_logits: after the prompt, feed one token per call")
+    else:  # several new tokens: each sees the cache and the new ones up to itself
+        mask = torch.ones(length, start + length, dtype=torch.bool, device=device).tril(diagonal=start)[None, None]
     for index, layer in enumerate(encoder.layers):
         hidden = layer(hidden, cos, sin, mask, None if kv_cache is None else kv_cache.layers[index])
     return head(hidden[:, -1:])[0, 0]
 
 
-# choose(logits (vocab,) float32) -> (tokens to append, finished). Unless finished, exactly one token.
+# choose(logits (vocab,) float32) -> (tokens to append, finished).
 ChooseTokens = Callable[[torch.Tensor], "tuple[list[int], bool]"]
 
 
 def generate(encoder: Qwen3VLTextEncoder, head: Qwen3VLLanguageModelHead, prompt_ids: list[int],
              max_new_tokens: int, choose: ChooseTokens, use_cache: bool = True,
-             on_tokens: Callable[[int], None] | None = None) -> list[int]:
+             on_tokens: Callable[[int], None] | None = None, device=None) -> list[int]:
     """Generate after ``prompt_ids``: at most ``max_new_tokens`` new token ids (without the prompt).
 
     ``choose`` picks from each step's logits; ``on_tokens(count)`` is called after every step with the number of
     tokens so far (progress; raising from it, e.g. on a user's Cancel, stops the generation). ``use_cache=False``
-    re-runs the whole sequence every step (same tokens, much slower; kept as the cache's reference).
+    re-runs the whole sequence every step (same tokens, much slower; kept as the cache's reference). ``device``:
+    where to compute (default: the embedding's device; a host that streams weights passes its compute device).
     """
     check_generation_layers(encoder)
-    device = encoder.embed_tokens.weight.device
+    if device is None:
+        device = encoder.embed_tokens.weight.device
     dtype = encoder.compute_dtype or encoder.embed_tokens.weight.dtype
     cache = KVCache(encoder.config, len(encoder.layers), len(prompt_ids) + max_new_tokens, dtype, device) \
         if use_cache else None
@@ -123,6 +125,7 @@ def generate(encoder: Qwen3VLTextEncoder, head: Qwen3VLLanguageModelHead, prompt
     step_input = sequence
     with torch.no_grad():
         while len(new_tokens) < max_new_tokens:
+            # (choose may append several tokens at once, e.g. text the caption schema forces.)
             logits = next_token_logits(encoder, head, torch.tensor([step_input], device=device), cache)
             tokens, finished = choose(logits)
             new_tokens += tokens

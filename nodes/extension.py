@@ -6,6 +6,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from .dit_loader import DiTLoader
 from .noise_latent import EmptyLatent, Noise
+from .prompt_enhancer import PromptEnhancer
 from .sampler_node import Sampler
 from .scheduler_guider import Guider, Scheduler
 from .text_encoder_nodes import TextEncode, TextEncoderLoader
@@ -15,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     DiTLoader,
     TextEncoderLoader,
     TextEncode,
+    PromptEnhancer,
     Sampler,
     Scheduler,
     Guider,
