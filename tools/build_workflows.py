@@ -3,7 +3,7 @@
     python tools/build_workflows.py            # rewrite workflows/*.json
     python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
 
-One small graph builder keeps the four files consistent: the same loaders with the same download hints
+One small graph builder keeps the files consistent: the same loaders with the same download hints
 (``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
 The node schemas below mirror the pack's node definitions (nodes/) and the native nodes used; the host tests
 check every file against a live server's ``/object_info``, so a drift shows up there.
@@ -23,6 +23,9 @@ DIT_FILE = "ideogram4_fp8_scaled.safetensors"
 UNCOND_DIT_FILE = "ideogram4_unconditional_fp8_scaled.safetensors"
 TEXT_ENCODER_FILE = "qwen3vl_8b_fp8_scaled.safetensors"
 VAE_FILE = "flux2-vae.safetensors"
+# The LM head the enhancer needs when the text-encoder file has none (Comfy-Org's has none): the published
+# diffusers/qwen3-vl-8b-instruct-lm-head weights, saved under this name.
+LM_HEAD_FILE = "qwen3-vl-8b-instruct-lm-head.safetensors"
 MODEL_HINTS = {
     DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
     UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
@@ -50,6 +53,12 @@ SCHEMAS = {
         [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("prompt", "STRING", True),
          ("official_width", "INT", True), ("official_height", "INT", True)],
         [("CONDITIONING", "CONDITIONING")],
+    ),
+    "Ideogram4RefPromptEnhancer": (
+        [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("idea", "STRING", True), ("width", "INT", True),
+         ("height", "INT", True), ("seed", "INT", True), ("temperature", "FLOAT", True),
+         ("max_new_tokens", "INT", True), ("lm_head_name", "COMBO", True), ("keep_boxes", "BOOLEAN", True)],
+        [("caption", "STRING")],
     ),
     "Ideogram4RefSampler": (
         [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("conditioning", "CONDITIONING", False),
@@ -83,7 +92,8 @@ SCHEMAS = {
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
-                   "Ideogram4RefTextEncode": {"official_width", "official_height"}}
+                   "Ideogram4RefTextEncode": {"official_width", "official_height"},
+                   "Ideogram4RefPromptEnhancer": {"lm_head_name", "keep_boxes"}}
 NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
 # The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
 CAPTION = {
@@ -261,6 +271,46 @@ def native_interop_workflow():
     return graph.workflow()
 
 
+def enhance_prompt_workflow():
+    preset_name, width, height = "Default 20", 1024, 1024
+    steps, mu, std, guidance = PRESETS[preset_name]
+    graph = Graph()
+    note = (
+        "Ideogram 4 (reference) - from a short idea to a JSON caption to an image, all offline\n\n"
+        "Ideogram 4 works best with full JSON captions. The Prompt Enhancer writes one from your idea with the "
+        "text encoder the workflow loads anyway (no second copy of the 8B model), plus its language-model head "
+        "(about 1.2 GB). Get the head from the Hugging Face repository diffusers/qwen3-vl-8b-instruct-lm-head and "
+        f"save its safetensors file as models/text_encoders/{LM_HEAD_FILE}; with a text-encoder file that "
+        "already holds a head (Hugging Face Qwen3-VL weights), set lm_head_name to 'none'.\n\n"
+        "Decoding is constrained to the caption schema, so the caption always passes the Text Encode check; when "
+        "max_new_tokens runs out it is closed properly. Keep width and height equal on the enhancer and the "
+        "sampler (the enhancer composes for that aspect ratio). temperature 0 gives the same caption every run; "
+        "change the seed for another caption. keep_boxes lets it place elements with boxes.\n\n"
+        "The caption appears on the enhancer node; copy it into a Text Encode prompt to keep and edit it. Other "
+        "model files: see the loaders (download links are in the workflow)."
+    )
+    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    dit, encode, vae = _loaders(graph)
+    te = next(node["id"] for node in graph.nodes if node["type"] == "Ideogram4RefTextEncoderLoader")
+    enhancer = graph.add("Ideogram4RefPromptEnhancer", (460, 560), (420, 330),
+                         ["a hand-painted bakery sign at sunrise that says \"FRESH BREAD\"", width, height, 42,
+                          "fixed", 0.7, 1024, LM_HEAD_FILE, False])
+    graph.nodes[encode - 1]["widgets_values"][0] = ""  # the prompt comes from the enhancer
+    graph.link(te, "IDEOGRAM4_TEXT_ENCODER", enhancer, "text_encoder")
+    graph.link(enhancer, "caption", encode, "prompt")
+    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
+    save = graph.add("SaveImage", (1620, 120), (520, 560), ["ideogram4/enhanced_prompt"])
+    graph.link(dit, "cond_model", sampler, "cond_model")
+    graph.link(dit, "uncond_model", sampler, "uncond_model")
+    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
 def all_workflows() -> dict[str, dict]:
     """File name -> workflow."""
     return {
@@ -268,6 +318,7 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
         "ideogram4_native_interop.json": native_interop_workflow(),
+        "ideogram4_enhance_prompt.json": enhance_prompt_workflow(),
     }
 
 
