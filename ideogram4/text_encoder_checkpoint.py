@@ -305,6 +305,18 @@ def _check_shapes(expected: dict[str, tuple[int, ...]], entries: dict, layout: T
         )
 
 
+def _weight_entries(model: torch.nn.Module, key: str, weight: torch.Tensor, scale: torch.Tensor | None,
+                   dtype: torch.dtype, keep_fp8_with) -> dict[str, torch.Tensor]:
+    """State-dict entries for one stored weight: a scaled fp8 Linear weight kept in fp8 (with its row scale, the
+    layer prepared by ``keep_fp8_with``) when asked, else the weight de-quantised to ``dtype``."""
+    layer = key.rpartition(".")[0]
+    if keep_fp8_with is not None and scale is not None and isinstance(model.get_submodule(layer), torch.nn.Linear):
+        row_scale = as_row_scale(scale, weight.shape[0]).to(weight.device)
+        keep_fp8_with(model.get_submodule(layer), row_scale)
+        return {key: weight, layer + ".weight_scale": row_scale}
+    return {key: _dequantize(weight, scale, dtype)}
+
+
 def load_text_encoder_model(
     path: str | pathlib.Path,
     dtype: torch.dtype = torch.bfloat16,
@@ -344,13 +356,7 @@ def load_text_encoder_model(
             state_dict[key] = tensor
             continue
         weight, scale = _scaled_fp8(file_key, tensor, sidecars, label)
-        layer = key.rpartition(".")[0]
-        if keep_fp8_with is not None and scale is not None and isinstance(model.get_submodule(layer), torch.nn.Linear):
-            row_scale = as_row_scale(scale, weight.shape[0]).to(target_device)
-            keep_fp8_with(model.get_submodule(layer), row_scale)
-            state_dict[key], state_dict[layer + ".weight_scale"] = weight, row_scale
-        else:
-            state_dict[key] = _dequantize(weight, scale, dtype)
+        state_dict.update(_weight_entries(model, key, weight, scale, dtype, keep_fp8_with))
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
@@ -454,13 +460,7 @@ def load_language_model_head(
         sidecars = {role: sidecars[k] for role, k in sidecar_keys.items()}
         ((_, tensor),) = list(iter_tensors(source, [file_key]))
         weight, scale = _scaled_fp8(file_key, tensor.to(target_device), sidecars, label)
-        layer = key.rpartition(".")[0]
-        if keep_fp8_with is not None and scale is not None and key == "lm_head.weight":
-            row_scale = as_row_scale(scale, weight.shape[0]).to(target_device)
-            keep_fp8_with(model.get_submodule(layer), row_scale)
-            state_dict[key], state_dict[layer + ".weight_scale"] = weight, row_scale
-        else:
-            state_dict[key] = _dequantize(weight, scale, dtype)
+        state_dict.update(_weight_entries(model, key, weight, scale, dtype, keep_fp8_with))
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()

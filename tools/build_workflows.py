@@ -215,11 +215,9 @@ def _loader_note(preset_name):
     )
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
+def _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix):
+    """The one-node Sampler on the encoded prompt, the pack's VAE Decode and SaveImage, wired up."""
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
     sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
@@ -230,6 +228,13 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
+
+
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    graph = Graph()
+    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
+    dit, encode, vae = _loaders(graph)
+    _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
     return graph.workflow()
 
 
@@ -273,7 +278,6 @@ def native_interop_workflow():
 
 def enhance_prompt_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
-    steps, mu, std, guidance = PRESETS[preset_name]
     graph = Graph()
     note = (
         "Ideogram 4 (reference) - from a short idea to a JSON caption to an image, all offline\n\n"
@@ -298,16 +302,7 @@ def enhance_prompt_workflow():
     graph.nodes[encode - 1]["widgets_values"][0] = ""  # the prompt comes from the enhancer
     graph.link(te, "IDEOGRAM4_TEXT_ENCODER", enhancer, "text_encoder")
     graph.link(enhancer, "caption", encode, "prompt")
-    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
-    save = graph.add("SaveImage", (1620, 120), (520, 560), ["ideogram4/enhanced_prompt"])
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
-    graph.link(sampler, "LATENT", decode, "samples")
-    graph.link(vae, "VAE", decode, "vae")
-    graph.link(decode, "IMAGE", save, "images")
+    _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, "ideogram4/enhanced_prompt")
     return graph.workflow()
 
 

@@ -81,14 +81,14 @@ def test_fifty_seeds_by_three_aspect_ratios_all_give_valid_captions_within_budge
                                "Idea: a fox<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
         for seed in range(50):
             token_grammar = token_grammars[seed % 2]
-            budget = token_grammar.shortest_caption_tokens() + seed % 5
+            budget = token_grammar.shortest_caption_tokens() + seed % 4
             caption, tokens, counts = _run(model, token_grammar, prompt_ids, budget, temperature=1.0, seed=seed)
             report = validate_caption(caption)
             assert report.kind == "json" and report.ok, (caption, report.summary())
             assert len(tokens) <= budget and counts[-1] == len(tokens)
             assert vocabulary.decode(tokens).decode() == caption  # already canonical: nothing to re-serialise
             captions.add(caption)
-    assert len(captions) > 50  # the seeds matter: the model chose, not a fixed closing
+    assert len(captions) > 30  # the seeds matter: the model chose, not a fixed closing
 
 
 def test_greedy_caption_from_the_full_request_and_a_longer_budget(model, tokenizer_and_vocabulary):
@@ -99,11 +99,12 @@ def test_greedy_caption_from_the_full_request_and_a_longer_budget(model, tokeniz
     noise = generate(encoder, head, request_ids, 8, SampledTokens(0.0))
     assert validate_caption(tokenizer.decode(noise)).kind == "plain" or not validate_caption(tokenizer.decode(noise)).ok
     token_grammar = CaptionTokenGrammar(vocabulary, keep_boxes=True)
+    counts = []
     captions = [enhance_prompt(encoder, head, tokenizer, token_grammar, "a fox", 1024, 768, max_new_tokens=48,
-                               temperature=0.0, seed=seed) for seed in (0, 1)]
+                               temperature=0.0, seed=seed, on_tokens=counts.append) for seed in (0, 1)]
     assert captions[0] == captions[1]  # greedy ignores the seed
     assert validate_caption(captions[0]).ok
-    assert len(tokenizer(captions[0], add_special_tokens=False)["input_ids"]) <= 48
+    assert max(counts) <= 48
 
 
 def test_a_budget_too_small_for_any_caption_is_a_clear_error(tokenizer_and_vocabulary):
