@@ -21,13 +21,13 @@ import torch.nn.functional as F
 
 from ..ideogram4.quantization import fp8_matmul_linear
 
+from . import compat
 from .compat import PyTorchStateDictLoading
 
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 LORA_ON_FP8_MESSAGE = ("Ideogram 4: LoRA on fp8-stored weights is not supported; set the DiT Loader's weight_dtype "
                        "to bf16")
-# ComfyUI >= 0.4: cast_bias_weight(..., offloadable=True) + uncast_bias_weight after the weight's last use.
-HAS_UNCAST = hasattr(comfy.ops, "uncast_bias_weight")
+HAS_UNCAST = compat.has_offloadable_cast()
 
 
 class Ideogram4Fp8Ops(comfy.ops.manual_cast):

@@ -16,6 +16,7 @@ import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
 
+from ..ideogram4.caption import prompt_text_problem
 from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.constrained_decoding import CaptionTokenGrammar, TokenVocabulary
 from ..ideogram4.prompt_enhancer import enhance_prompt
@@ -27,12 +28,12 @@ from ..ideogram4.text_encoder_checkpoint import (
 )
 
 from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer
-from .settings import CATEGORY, MAX_SEED
+from .settings import CATEGORY, MAX_SEED, MAX_SIZE, raise_problems, size_problems, validation_result
 from .text_encoder_nodes import TEXT_ENCODER_FOLDER, Ideogram4TextEncoder, TextEncoderType
 
 NODE_NAME = "Ideogram 4 Prompt Enhancer"
 NO_HEAD_FILE = "none"
-SIZE_MAX = 16384
+SIZE_MAX = MAX_SIZE
 MAX_NEW_TOKENS_MAX = 4096
 
 # Per loaded text encoder (weakly keyed, so it goes when ComfyUI drops the encoder): its LM heads by file and the
@@ -51,6 +52,16 @@ def _files_with_a_head() -> list[str]:
         except (CheckpointError, OSError, ValueError):
             continue
     return found
+
+
+def enhancer_problems(idea=None, width=None, height=None) -> list[str]:
+    """Input-only problems (None = fed by a link): an idea that is empty or not valid text, an unusable size."""
+    problems = []
+    if isinstance(idea, str) and not idea.strip():
+        problems.append("idea is empty; write what the image should show, e.g. 'a bakery sign at sunrise'")
+    elif idea is not None and (problem := prompt_text_problem(idea)):
+        problems.append(f"idea: {problem}")
+    return problems + size_problems(width=width, height=height)
 
 
 def _head_patcher(text_encoder: Ideogram4TextEncoder, lm_head_name: str):
@@ -135,19 +146,15 @@ class PromptEnhancer(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, idea: str = "", width: int = 1024, height: int = 1024, **kwargs) -> bool | str:
-        if isinstance(idea, str) and not idea.strip():
-            return f"{NODE_NAME}: idea is empty. Write what the image should show, e.g. 'a bakery sign at sunrise'."
-        for name, value in (("width", width), ("height", height)):
-            if isinstance(value, int) and (value <= 0 or value % PIXELS_PER_TOKEN):
-                return (f"{NODE_NAME}: {name} is {value}; use the size you sample at, a positive multiple of "
-                        f"{PIXELS_PER_TOKEN}.")
-        return True
+    def validate_inputs(cls, idea=None, width=None, height=None) -> bool | str:
+        # Run when the prompt is queued (inputs fed by links arrive as None; execute checks them then).
+        return validation_result(NODE_NAME, enhancer_problems(idea, width, height))
 
     @classmethod
     def execute(cls, text_encoder: Ideogram4TextEncoder, idea: str, width: int, height: int, seed: int,
                 temperature: float, max_new_tokens: int, lm_head_name: str = NO_HEAD_FILE,
                 keep_boxes: bool = False) -> io.NodeOutput:
+        raise_problems(NODE_NAME, enhancer_problems(idea, width, height))
         head_patcher = _head_patcher(text_encoder, lm_head_name)
         token_grammar = _token_grammar(text_encoder, keep_boxes)
         comfy.model_management.load_models_gpu([text_encoder.patcher, head_patcher])
@@ -162,7 +169,7 @@ class PromptEnhancer(io.ComfyNode):
             caption = enhance_prompt(text_encoder.loaded.encoder, head_patcher.model, text_encoder.loaded.tokenizer,
                                      token_grammar, idea, width, height, max_new_tokens, temperature=temperature,
                                      seed=seed, on_tokens=on_tokens, device=text_encoder.patcher.load_device)
-        except ValueError as error:  # budget too small, empty idea: say which node and what to change
+        except ValueError as error:  # a budget too small for any caption: say which node and what to change
             if str(error).startswith(NODE_NAME):
                 raise
             raise ValueError(f"{NODE_NAME}: {error}") from error

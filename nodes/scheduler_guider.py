@@ -17,32 +17,44 @@ official loop) up to float rounding:
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
+import comfy.sampler_helpers
 import comfy.samplers
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
+from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.sampler import img2img_start
 from ..ideogram4.schedule import logit_normal_schedule
 
-from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA
+from . import compat
+from .memory_fit import check_activations_fit
+from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA, sampling_transformer_options, step_transformer_options
 from .settings import (
     CATEGORY,
     check_size,
     denoise_input,
     guidance_input,
     height_input,
+    ignored_guidance_note,
     model_pair_inputs,
     mu_input,
     preset_input,
+    raise_problems,
     resolve_guidance,
     resolve_schedule,
+    schedule_problems,
+    size_problems,
     std_input,
     steps_input,
+    validation_result,
     width_input,
 )
 
 UNCOND_MODEL_KEY = "ideogram4_unconditional_model"
+SCHEDULER_NAME, GUIDER_NAME = "Ideogram 4 Scheduler", "Ideogram 4 Guider"
 
 
 def sigma_dtype() -> torch.dtype:
@@ -53,7 +65,7 @@ def sigma_dtype() -> torch.dtype:
 def schedule_sigmas(steps: int, mu: float, std: float, width: int, height: int, denoise: float = 1.0) -> torch.Tensor:
     """SIGMAS ``1 - t`` (descending, :func:`sigma_dtype`) of the official schedule, or of its tail for
     ``denoise < 1`` (``denoise = 0`` gives no steps)."""
-    check_size(width, height)
+    check_size(width, height, SCHEDULER_NAME)
     times = logit_normal_schedule(steps, mu, std, width, height)
     if denoise <= 0.0:
         return torch.zeros((0,), dtype=sigma_dtype())
@@ -81,7 +93,9 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
     the unconditional MODEL is attached to that clone as an additional model, so ComfyUI loads both in one
     ``load_models_gpu`` call, and is run without text (image tokens only).
     ``guidance`` is in sampling order; shorter SIGMAS of a partial denoise (img2img tail) use its last entries,
-    SIGMAS of a full denoise must have as many steps as it has entries.
+    SIGMAS of a full denoise must have as many steps as it has entries. The unconditional pass gets its own
+    patcher's ``transformer_options``, wrappers and callbacks, with ``cond_or_uncond = [1]``. A LATENT noise mask
+    inpaints as ComfyUI's samplers do, and the unmasked region comes back as the input.
     """
 
     def __init__(self, cond_patcher, uncond_patcher, guidance: list[float]):
@@ -91,6 +105,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self.uncond_patcher = uncond_patcher
         self.guidance = [float(g) for g in guidance]
         self.exact_times: list[float] | None = None  # model time of each sigma, when the SIGMAS were float64
+        self.uncond_options: dict | None = None  # transformer_options of the unconditional model, while sampling
 
     def set_conds(self, positive, negative=None):
         # The unconditional pass has no conditioning; a negative is not used.
@@ -117,12 +132,35 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                 f"(one per step); set the same preset and steps in Ideogram 4 Scheduler and Ideogram 4 Guider (the "
                 f"Scheduler gives {steps} steps, the Guider expects {entries}).")
 
-    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
         self.check_step_count(sigmas)  # before any model is loaded
+        self.check_image_size(latent_image)
         # float64 SIGMAS (Ideogram 4 Scheduler) carry the exact official times; sampling itself runs on float32
         # sigmas so the latent stays float32 for the sampler, previews and other nodes.
         self.exact_times = [1.0 - float(s) for s in sigmas.tolist()] if sigmas.dtype == torch.float64 else None
-        return super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), *args, **kwargs)
+        samples = super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), denoise_mask, *args,
+                                 **kwargs)
+        if denoise_mask is None or len(sigmas) < 2:
+            return samples
+        # ComfyUI's inpainting keeps the unmasked region on the noised input at every step; the official schedule
+        # stops at 1 - t_max, not 0, so that region still holds a trace of noise at the end: give back the input
+        # there, as the Ideogram 4 Sampler does.
+        mask = comfy.sampler_helpers.prepare_mask(denoise_mask, samples.shape, samples.device).float()
+        return samples * mask + latent_image.to(samples) * (1.0 - mask)
+
+    def check_image_size(self, latent_image: torch.Tensor) -> None:
+        """Refuse (before any model is loaded) a latent above the size limit or whose activations cannot fit the
+        load device."""
+        if latent_image is None or latent_image.ndim != 4:
+            return
+        batch, _, grid_h, grid_w = latent_image.shape
+        raise_problems(GUIDER_NAME, size_problems(width=grid_w * PIXELS_PER_TOKEN, height=grid_h * PIXELS_PER_TOKEN))
+        positive = self.original_conds.get("positive") or [{}]
+        features = positive[0].get("cross_attn")
+        text_tokens = features.shape[1] if features is not None else 0
+        base_model = self.model_patcher.model
+        check_activations_fit(GUIDER_NAME, base_model.velocity_model().config, batch, grid_h, grid_w, text_tokens,
+                              compat.inference_dtype(base_model).itemsize, self.model_patcher.load_device)
 
     def exact_time(self, timestep: torch.Tensor, model_options: dict) -> float | None:
         """The official model time of the current sigma when it is a schedule point of float64 SIGMAS."""
@@ -133,8 +171,21 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         return self.exact_times[index] if bool((timestep == sigmas[index]).all()) else None
 
     def outer_sample(self, *args, **kwargs):
+        # The unconditional patcher is prepared and cleaned like the conditional one (CFGGuider.outer_sample does
+        # that for its own patcher, and for extra device clones). After a successful run ComfyUI's cleanup of the
+        # additional models has already cleaned it; after an exception nothing has, so it is cleaned here.
+        self.uncond_options = None
+        finished = False
         self.uncond_patcher.pre_run()
-        return super().outer_sample(*args, **kwargs)
+        try:
+            self.uncond_options = sampling_transformer_options(self.uncond_patcher)
+            output = super().outer_sample(*args, **kwargs)
+            finished = True
+            return output
+        finally:
+            self.uncond_options = None
+            if not finished:
+                self.uncond_patcher.cleanup()
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         guidance = self.guidance_for(timestep, model_options)
@@ -145,10 +196,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             model_options["transformer_options"] = {**model_options["transformer_options"], EXACT_TIME_KEY: exact_time}
         positive = self.conds.get("positive", None)
         cond = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
-        uncond_options = dict(self.uncond_patcher.model_options.get("transformer_options", {}))
+        uncond_options = step_transformer_options(self.uncond_options, timestep, 1, exact_time)
         uncond_options["sample_sigmas"] = sample_sigmas
-        if exact_time is not None:
-            uncond_options[EXACT_TIME_KEY] = exact_time
         uncond = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=uncond_options)
         return comfy.samplers.cfg_function(self.inner_model, cond, uncond, guidance, x, timestep,
                                            model_options=model_options, cond=positive, uncond=None)
@@ -170,8 +219,14 @@ class Scheduler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset=None, steps=None, mu=None, std=None, width=None, height=None) -> bool | str:
+        problems = schedule_problems(preset, steps, mu, std) + size_problems(width=width, height=height)
+        return validation_result(SCHEDULER_NAME, problems)
+
+    @classmethod
     def execute(cls, preset: str, steps: int, mu: float, std: float, width: int, height: int,
                 denoise: float = 1.0) -> io.NodeOutput:
+        raise_problems(SCHEDULER_NAME, schedule_problems(preset, steps, mu, std))
         steps, mu, std = resolve_schedule(preset, steps, mu, std)
         return io.NodeOutput(schedule_sigmas(steps, mu, std, width, height, denoise))
 
@@ -195,11 +250,20 @@ class Guider(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset=None, steps=None, guidance_schedule=None) -> bool | str:
+        problems = schedule_problems(preset, steps, guidance_schedule=guidance_schedule)
+        return validation_result(GUIDER_NAME, problems)
+
+    @classmethod
     def execute(cls, cond_model, uncond_model, conditioning, preset: str, steps: int,
                 guidance_schedule: str) -> io.NodeOutput:
         if not conditioning or conditioning[0][0] is None:
             raise ValueError("Ideogram 4 Guider: the conditioning holds no text features; connect the output of "
                              "Ideogram 4 Text Encode.")
+        raise_problems(GUIDER_NAME, schedule_problems(preset, steps))
+        note = ignored_guidance_note(preset, guidance_schedule)
+        if note is not None:
+            logging.warning("%s: %s", GUIDER_NAME, note)
         guider = Ideogram4Guider(cond_model, uncond_model, resolve_guidance(preset, steps, guidance_schedule))
         guider.set_conds(conditioning)
-        return io.NodeOutput(guider)
+        return io.NodeOutput(guider, ui=ui.PreviewText(note or ""))

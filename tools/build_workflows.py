@@ -88,13 +88,20 @@ SCHEMAS = {
         [("output", "LATENT"), ("denoised_output", "LATENT")],
     ),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE", False), ("vae", "VAE", False)], [("LATENT", "LATENT")]),
+    "LoadImage": ([("image", "COMBO", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")]),
     "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
                    "Ideogram4RefTextEncode": {"official_width", "official_height"},
                    "Ideogram4RefPromptEnhancer": {"lm_head_name", "keep_boxes"}}
-NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
+# Combo inputs with an upload button (one more widgets_values entry, "image").
+UPLOAD_INPUTS = {"LoadImage": {"image"}}
+NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SetLatentNoiseMask",
+                "SaveImage"}
+INPAINT_IMAGE = "example.png"  # the image a fresh ComfyUI has in its input folder
 # The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
 CAPTION = {
     "high_level_description": "A hand-painted wooden sign reading \"FRESH BREAD\" hangs in the sunlit window of a "
@@ -193,6 +200,20 @@ def _loaders(graph, y=120):
     return dit, encode, vae
 
 
+def _graph_with_loaders(note):
+    """A new graph with the artist's Note and the loaders: (graph, DiT loader, Text Encode, VAE loader)."""
+    graph = Graph()
+    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    return (graph, *_loaders(graph))
+
+
+def _wire_models(graph, dit, encode, target):
+    """Both transformers and the text features into a sampling node (Sampler or Guider)."""
+    graph.link(dit, "cond_model", target, "cond_model")
+    graph.link(dit, "uncond_model", target, "uncond_model")
+    graph.link(encode, "CONDITIONING", target, "conditioning")
+
+
 def _loader_note(preset_name):
     steps, _, _, guidance = PRESETS[preset_name]
     return (
@@ -215,6 +236,12 @@ def _loader_note(preset_name):
     )
 
 
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
+    _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
+    return graph.workflow()
+
+
 def _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix):
     """The one-node Sampler on the encoded prompt, the pack's VAE Decode and SaveImage, wired up."""
     steps, mu, std, guidance = PRESETS[preset_name]
@@ -222,26 +249,15 @@ def _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, pre
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
     save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    _wire_models(graph, dit, encode, sampler)
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
-    graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
-    _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
-    return graph.workflow()
-
-
 def native_interop_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) with ComfyUI's own sampler nodes\n\n"
         "Same result as the one-node sampler, built from parts so you can swap pieces: the pack's Scheduler gives "
@@ -252,8 +268,7 @@ def native_interop_workflow():
         "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(note)
     guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
     scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
     noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
@@ -262,9 +277,7 @@ def native_interop_workflow():
     sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
     decode = graph.add("VAEDecode", (1640, 120), (220, 50))
     save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
-    graph.link(dit, "cond_model", guider, "cond_model")
-    graph.link(dit, "uncond_model", guider, "uncond_model")
-    graph.link(encode, "CONDITIONING", guider, "conditioning")
+    _wire_models(graph, dit, encode, guider)
     graph.link(noise, "NOISE", sampler, "noise")
     graph.link(guider, "GUIDER", sampler, "guider")
     graph.link(select, "SAMPLER", sampler, "sampler")
@@ -276,9 +289,43 @@ def native_interop_workflow():
     return graph.workflow()
 
 
+def inpaint_workflow():
+    preset_name = "Default 20"
+    steps, mu, std, guidance = PRESETS[preset_name]
+    note = (
+        "Ideogram 4 (reference) - inpainting\n\n"
+        "Re-draws only the masked part of an image. Load your image, right-click Load Image and choose 'Open in "
+        "MaskEditor', paint over what should change and save. The VAE encodes the image, Set Latent Noise Mask "
+        "attaches the mask, and the sampler re-samples only the painted area: the rest follows the original "
+        "image at every step and comes back unchanged in the latent. Describe the whole picture as you want it "
+        "in the prompt, the new part included.\n\n"
+        "The image size decides the output size (width and height on the sampler are not used when a latent is "
+        "connected); sides are cropped to multiples of 16. Denoise 1 re-draws the masked area from noise; lower "
+        "values keep more of what was there.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    image = graph.add("LoadImage", (460, 480), (420, 340), [INPAINT_IMAGE, "image"])
+    vae_encode = graph.add("VAEEncode", (920, 480), (220, 50))
+    set_mask = graph.add("SetLatentNoiseMask", (920, 580), (260, 50))
+    sampler = graph.add("Ideogram4RefSampler", (1220, 120), (360, 470),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", 1024, 1024, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (1620, 120), (260, 80), [False])
+    save = graph.add("SaveImage", (1920, 120), (520, 560), ["ideogram4/inpaint"])
+    graph.link(image, "IMAGE", vae_encode, "pixels")
+    graph.link(vae, "VAE", vae_encode, "vae")
+    graph.link(vae_encode, "LATENT", set_mask, "samples")
+    graph.link(image, "MASK", set_mask, "mask")
+    _wire_models(graph, dit, encode, sampler)
+    graph.link(set_mask, "LATENT", sampler, "latent")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
 def enhance_prompt_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) - from a short idea to a JSON caption to an image, all offline\n\n"
         "Ideogram 4 works best with full JSON captions. The Prompt Enhancer writes one from your idea with the "
@@ -293,8 +340,7 @@ def enhance_prompt_workflow():
         "The caption appears on the enhancer node; copy it into a Text Encode prompt to keep and edit it. Other "
         "model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
+    graph, dit, encode, vae = _graph_with_loaders(note)
     te = next(node["id"] for node in graph.nodes if node["type"] == "Ideogram4RefTextEncoderLoader")
     enhancer = graph.add("Ideogram4RefPromptEnhancer", (460, 560), (420, 330),
                          ["a hand-painted bakery sign at sunrise that says \"FRESH BREAD\"", width, height, 42,
@@ -309,6 +355,7 @@ def enhance_prompt_workflow():
 def all_workflows() -> dict[str, dict]:
     """File name -> workflow."""
     return {
+        "ideogram4_inpaint.json": inpaint_workflow(),
         "ideogram4_text_to_image.json": one_node_sampler_workflow("Default 20", 1024, 1024, "ideogram4/text_to_image"),
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),

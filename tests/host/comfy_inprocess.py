@@ -94,8 +94,8 @@ def _import_host(host_dir: str) -> types.SimpleNamespace:
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE_NAME] = pack
     spec.loader.exec_module(pack)
-    for name in ("compat", "dit_loader", "extension", "model_wrapper", "noise_latent", "progress", "prompt_enhancer",
-                 "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
+    for name in ("compat", "dit_loader", "extension", "model_wrapper", "noise_latent", "precision", "progress",
+                 "prompt_enhancer", "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
         importlib.import_module(f"{PACK_MODULE_NAME}.nodes.{name}")
     return types.SimpleNamespace(path=pathlib.Path(host_dir), pack=pack, nodes=sys.modules[f"{PACK_MODULE_NAME}.nodes"])
 
@@ -142,6 +142,16 @@ def run_node(node_class, **inputs):
         return tuple(getattr(node_class(), node_class.FUNCTION)(**inputs))
     output = node_class.execute(**inputs)
     return tuple(output.args) if hasattr(output, "args") else tuple(output)
+
+
+def sampler_inputs(pack_models, **overrides) -> dict:
+    """Inputs of the pack's Sampler node for ``pack_models`` (cond, uncond, CONDITIONING): a 2-step Custom run at
+    32 x 32, with ``overrides`` replacing any of them."""
+    cond, uncond, conditioning = pack_models
+    inputs = dict(cond_model=cond, uncond_model=uncond, conditioning=conditioning, preset="Custom", steps=2, mu=0.0,
+                  std=1.75, guidance_schedule="7,3", seed=0, width=32, height=32, batch_size=1)
+    inputs.update(overrides)
+    return inputs
 
 
 def native_node(module_name: str, class_name: str):

@@ -106,7 +106,9 @@ def test_budget_too_small_and_empty_idea_are_clear_errors(host, models):
         _enhance(host, encoder, max_new_tokens=5)
     enhancer = host.nodes.prompt_enhancer.PromptEnhancer
     assert "idea is empty" in enhancer.validate_inputs(idea="  ", width=1024, height=1024)
-    assert "width is 1000" in enhancer.validate_inputs(idea="x", width=1000, height=1024)
+    assert "NUL" in enhancer.validate_inputs(idea="a\x00b", width=1024, height=1024)
+    message = enhancer.validate_inputs(idea="x", width=1000, height=1024)
+    assert message.startswith("Ideogram 4 Prompt Enhancer: width") and "1000" in message
     assert enhancer.validate_inputs(idea="x", width=1024, height=1024) is True
 
 

@@ -20,6 +20,8 @@ from host_session import (
 )
 from workflow_api import validate_workflow
 
+import build_workflows
+
 pytestmark = pytest.mark.host
 
 PACK_NODES = {
@@ -27,8 +29,8 @@ PACK_NODES = {
     "Ideogram4RefScheduler", "Ideogram4RefGuider", "Ideogram4RefNoise", "Ideogram4RefEmptyLatent",
     "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefPromptEnhancer",
 }
-EXPECTED_WORKFLOWS = ["ideogram4_enhance_prompt.json", "ideogram4_native_interop.json", "ideogram4_quality.json",
-                      "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
+EXPECTED_WORKFLOWS = ["ideogram4_enhance_prompt.json", "ideogram4_inpaint.json", "ideogram4_native_interop.json",
+                      "ideogram4_quality.json", "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
 # Small sizes keep the tiny models fast; the 2048 preset is run at 128 to keep its aspect of "bigger".
 RUN_SIZES = {"ideogram4_quality.json": (128, 128)}
 # The random tiny text encoder writes noise until the budget closes the caption: a small budget keeps it quick.
@@ -37,7 +39,19 @@ RUN_OVERRIDES = {"ideogram4_enhance_prompt.json": {"max_new_tokens": 40}}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "workflows")
+    for running in serve(tmp_path_factory, "workflows"):
+        write_inpaint_image(running.work_dir / "input" / build_workflows.INPAINT_IMAGE)
+        yield running
+
+
+def write_inpaint_image(path, size=(64, 64)):
+    """The inpainting example's input: an RGBA picture whose right half is transparent, which Load Image turns
+    into a mask of 1 there (what the mask editor saves)."""
+    width, height = size
+    image = Image.new("RGBA", size)
+    image.putdata([(4 * x % 256, 4 * y % 256, 128, 255 if x < width // 2 else 0)
+                   for y in range(height) for x in range(width)])
+    image.save(path)
 
 
 @pytest.fixture(scope="module")
