@@ -129,6 +129,7 @@ class CaptionTokenGrammar:
         self._transitions: dict[tuple, list[tuple[tuple, torch.Tensor]]] = {}
         self._closing: dict[tuple, list[int]] = {}
         self._forced: dict[tuple, bytes] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
 
     def transitions(self, state: tuple) -> list[tuple[tuple, torch.Tensor]]:
         """[(next state, token ids that lead there)] for every token allowed in ``state``."""
@@ -159,6 +160,21 @@ class CaptionTokenGrammar:
             if current is not None:
                 groups.setdefault(current, []).append(torch.tensor([token], dtype=torch.long))
         return [(next_state, torch.cat(ids)) for next_state, ids in groups.items()]
+
+    def mask(self, state: tuple, fitting: tuple, size: int, device) -> torch.Tensor:
+        """Boolean (size,) mask of the tokens of the transitions numbered ``fitting`` from ``state``, on ``device``.
+        Cached: inside a string the state and the fitting transitions repeat token after token."""
+        key = (state, fitting, size, str(device))
+        found = self._masks.get(key)
+        if found is None:
+            if len(self._masks) > 256:  # masks are 150 KB each; states rarely recur far apart
+                self._masks.clear()
+            transitions = self.transitions(state)
+            found = torch.zeros(size, dtype=torch.bool)
+            for index in fitting:
+                found[transitions[index][1]] = True
+            found = self._masks[key] = found.to(device)
+        return found
 
     def forced_bytes(self, state: tuple) -> bytes:
         """The bytes that must follow ``state`` whatever comes next (e.g. the rest of the only key possible),
@@ -212,19 +228,17 @@ class ConstrainedCaptionChoice:
 
     def __call__(self, logits: torch.Tensor) -> tuple[list[int], bool]:
         grammar = self.token_grammar
-        mask = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        fits = False
-        for next_state, ids in grammar.transitions(self.state):
-            if len(grammar.closing_tokens(next_state)) <= self.remaining - 1:
-                mask[ids] = True
-                fits = True
-        if not fits:
+        transitions = grammar.transitions(self.state)
+        fitting = tuple(index for index, (next_state, _) in enumerate(transitions)
+                        if len(grammar.closing_tokens(next_state)) <= self.remaining - 1)
+        if not fitting:
             closing = grammar.closing_tokens(self.state)
             self.tokens += closing
             self.remaining -= len(closing)
             self.state = COMPLETE_STATE
             return list(closing), True
-        masked = logits.masked_fill(~mask.to(logits.device), float("-inf"))
+        mask = grammar.mask(self.state, fitting, logits.shape[-1], logits.device)
+        masked = logits.masked_fill(~mask, float("-inf"))
         token = sample_token(masked, self.temperature, self.generator)
         tokens = [token]
         self.state = grammar.grammar.advance(self.state, grammar.vocabulary.token_bytes[token])
