@@ -114,23 +114,14 @@ def test_budget_too_small_and_empty_idea_are_clear_errors(host, models):
 
 def test_progress_per_token_and_cancel_stops_generation(host, models, monkeypatch):
     import comfy.model_management
-    import comfy.utils
 
     encoder = _encoder(host, WITH_HEAD_FILE)
-    updates = []
-    original = comfy.utils.ProgressBar.update_absolute
-
-    def record(bar, value, total=None, preview=None):
-        updates.append((value, total))
-        return original(bar, value, total, preview)
-
-    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
+    updates = comfy_inprocess.record_progress(monkeypatch)
     _enhance(host, encoder)
     values = [value for value, total in updates]
     assert all(total == BUDGET for _, total in updates)
     assert values == sorted(values) and len(values) > 1 and values[-1] <= BUDGET
 
-    updates.clear()
     calls = []
     layer0 = encoder.loaded.encoder.layers[0]
     forward = type(layer0).forward
@@ -140,12 +131,8 @@ def test_progress_per_token_and_cancel_stops_generation(host, models, monkeypatc
             calls.append(1)
         return forward(module, *args, **kwargs)
 
-    def cancel(bar, value, total=None, preview=None):
-        updates.append((value, total))
-        comfy.model_management.interrupt_current_processing(True)
-
     monkeypatch.setattr(type(layer0), "forward", counting_forward)
-    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", cancel)
+    updates = comfy_inprocess.record_progress(monkeypatch, interrupt=True)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             _enhance(host, encoder)
