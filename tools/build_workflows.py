@@ -323,9 +323,19 @@ def caption_state(caption, width, height) -> str:
     return json.dumps({"width": width, "height": height, "caption": caption}, separators=(",", ":"), ensure_ascii=False)
 
 
+def _sampler_below_small_encode(graph, preset_name, width, height, prefix):
+    """The one-node Sampler under a small Text Encode at the top of the sampler column (with room for the caption
+    report it grows by after a run), the pack's VAE Decode and Save Image: (sampler, decode, save), not wired."""
+    steps, mu, std, guidance = PRESETS[preset_name]
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
+    return sampler, decode, save
+
+
 def caption_studio_workflow():
     preset_name, width, height = "Default 20", 1536, 1024
-    steps, mu, std, guidance = PRESETS[preset_name]
     note = (
         "Ideogram 4 (reference) - caption studio\n\n"
         "Write the caption in the form of the Caption node instead of typing JSON: a short description, the style "
@@ -339,11 +349,7 @@ def caption_studio_workflow():
     graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
                                                   prompt="")
     caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
-    # Below Text Encode, with room for the caption report it grows by after a run.
-    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
-    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/caption_studio"])
+    sampler, decode, save = _sampler_below_small_encode(graph, preset_name, width, height, "ideogram4/caption_studio")
     graph.link(caption, "caption", encode, "prompt")
     graph.link(caption, "width", sampler, "width")
     graph.link(caption, "height", sampler, "height")
@@ -353,7 +359,6 @@ def caption_studio_workflow():
 
 def enhance_prompt_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
-    steps, mu, std, guidance = PRESETS[preset_name]
     note = (
         "Ideogram 4 (reference) - from a short idea to a JSON caption to an image, all offline\n\n"
         "Ideogram 4 works best with full JSON captions. The Prompt Enhancer writes one from your idea with the "
@@ -374,11 +379,7 @@ def enhance_prompt_workflow():
     enhancer = graph.add("Ideogram4RefPromptEnhancer", (COL_TEXT, ROW_Y), (480, 420),
                          ["a hand-painted bakery sign at sunrise that says \"FRESH BREAD\"", width, height, 42,
                           "fixed", 0.7, 1024, LM_HEAD_FILE, False])
-    # Below Text Encode, with room for the caption report it grows by after a run.
-    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
-    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/enhanced_prompt"])
+    sampler, decode, save = _sampler_below_small_encode(graph, preset_name, width, height, "ideogram4/enhanced_prompt")
     graph.link(te, "IDEOGRAM4_TEXT_ENCODER", enhancer, "text_encoder")
     graph.link(enhancer, "caption", encode, "prompt")
     _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
