@@ -383,6 +383,22 @@ def _stored_weight(source, file_key: str, tensor: torch.Tensor, sidecars: dict[s
     return weight, QuantizedWeight("fp8_rowwise", shape), {"weight_scale": as_row_scale(scale, weight.shape[0])}
 
 
+def _weight_entries(model: torch.nn.Module, key: str, weight: torch.Tensor, quantized: QuantizedWeight | None,
+                    sidecars: dict[str, torch.Tensor], dtype: torch.dtype, keep_quantized_with) -> dict:
+    """State-dict entries for one stored weight (from :func:`_stored_weight`): a quantised Linear weight kept as
+    stored with its sidecars (the layer prepared by ``keep_quantized_with``) when asked, else the weight
+    de-quantised to ``dtype``; plain tensors in ``dtype`` (unscaled fp8 weights are used as stored, as ComfyUI
+    does)."""
+    if quantized is None:
+        return {key: weight.to(dtype) if weight.is_floating_point() else weight}
+    layer = key.rpartition(".")[0]
+    module = model.get_submodule(layer)
+    if keep_quantized_with is not None and isinstance(module, torch.nn.Linear):
+        sidecars = {name: value.to(weight.device) for name, value in sidecars.items()}
+        keep_quantized_with(module, quantized, weight, sidecars)
+        return {key: weight, **{f"{layer}.{name}": value for name, value in sidecars.items()}}
+    return {key: quantized.dequantize(weight, sidecars, dtype)}
+
 def load_text_encoder_model(
     path: str | pathlib.Path,
     dtype: torch.dtype = torch.bfloat16,
@@ -442,18 +458,7 @@ def load_text_encoder_model(
             state_dict.update({f"{layer}.{role}": value.to(target_device) for role, value in sidecars.items()})
             continue
         weight, quantized, layer_sidecars = _stored_weight(source, file_key, tensor, sidecars, expected[key], label)
-        if quantized is None:
-            # Plain tensors in ``dtype``; unscaled fp8 weights are used as stored, as ComfyUI does.
-            state_dict[key] = weight.to(dtype) if weight.is_floating_point() else weight
-            continue
-        module = model.get_submodule(layer)
-        if keep_quantized_with is not None and isinstance(module, torch.nn.Linear):
-            layer_sidecars = {name: value.to(target_device) for name, value in layer_sidecars.items()}
-            keep_quantized_with(module, quantized, weight, layer_sidecars)
-            state_dict[key] = weight
-            state_dict.update({f"{layer}.{name}": value for name, value in layer_sidecars.items()})
-        else:
-            state_dict[key] = quantized.dequantize(weight, layer_sidecars, dtype)
+        state_dict.update(_weight_entries(model, key, weight, quantized, layer_sidecars, dtype, keep_quantized_with))
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
@@ -486,3 +491,81 @@ def load_text_encoder(
         encoder=encoder, tokenizer=load_tokenizer(found_tokenizer_dir), layout=layout,
         tokenizer_dir=found_tokenizer_dir,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The language-model head (for text generation only; the features never use it)
+# ----------------------------------------------------------------------------------------------------------------
+
+LM_HEAD_KEY = "lm_head.weight"
+LM_HEAD_SOURCES = (
+    "Files that carry a head: the Hugging Face Qwen/Qwen3-VL-8B-Instruct weights or the official text_encoder/ "
+    "folder when it has lm_head.weight, a ComfyUI Qwen3-VL-8B file saved with its lm_head, or the separate head "
+    "file of diffusers/qwen3-vl-8b-instruct-lm-head (about 1.2 GB, put it in models/text_encoders)."
+)
+
+
+class LanguageModelHeadNotFoundError(CheckpointError):
+    """Neither the text-encoder file nor the separate head file holds ``lm_head.weight``."""
+
+
+def find_lm_head_key(path: str | pathlib.Path) -> str | None:
+    """The key of the LM head weight in a file or folder (``lm_head.weight``, possibly under a prefix such as
+    ``model.``), or None when it has none. Reads headers only."""
+    entries = open_source(_resolve_weights_path(pathlib.Path(path).expanduser())).entries
+    found = sorted(key for key in entries if key.endswith(LM_HEAD_KEY) and "visual" not in key)
+    return found[0] if found else None
+
+
+def load_language_model_head(
+    text_encoder_path: str | pathlib.Path,
+    head_path: str | pathlib.Path | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device=None,
+    operations=None,
+    keep_quantized_with: KeepQuantized | None = None,
+):
+    """The final norm and LM head (:class:`ideogram4.text_generation.Qwen3VLLanguageModelHead`) of the text
+    encoder in ``text_encoder_path``: the norm from that file, the head from it when it has ``lm_head.weight``,
+    else from ``head_path``. Quantised heads are handled as the encoder's Linears (``keep_quantized_with``).
+    Raises :class:`LanguageModelHeadNotFoundError` naming both files when neither has a head."""
+    from .text_generation import Qwen3VLLanguageModelHead
+
+    layout = inspect_text_encoder_checkpoint(text_encoder_path)
+    head_key = find_lm_head_key(layout.path)
+    head_source_path = layout.path
+    if head_key is None and head_path is not None:
+        head_source_path = _resolve_weights_path(pathlib.Path(head_path).expanduser())
+        head_key = find_lm_head_key(head_source_path)
+    if head_key is None:
+        searched = f"{layout.path} has no {LM_HEAD_KEY}"
+        searched += f", nor has {head_path}" if head_path is not None else " and no separate head file was given"
+        raise LanguageModelHeadNotFoundError(f"{searched}. {LM_HEAD_SOURCES}")
+
+    config = layout.config
+    norm_key = layout.prefix + "norm.weight"
+    sources = {"norm.weight": (open_source(layout.path), norm_key),
+               "lm_head.weight": (open_source(head_source_path), head_key)}
+    expected = {"norm.weight": (config.hidden_size,), "lm_head.weight": (config.vocab_size, config.hidden_size)}
+    model = Qwen3VLLanguageModelHead(config, dtype=dtype, device="meta", operations=operations)
+    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    state_dict = {}
+    for key, (source, file_key) in sources.items():
+        label = str(source.path)
+        if file_key not in source.entries:
+            raise CheckpointError(f"{layout.path}: has no final norm {file_key}, which text generation needs. "
+                                  f"{LM_HEAD_SOURCES}")
+        shape = tuple(source.entries[file_key][1])
+        if shape != expected[key]:
+            raise CheckpointError(f"{label}: {file_key} has shape {list(shape)}, but the text encoder "
+                                  f"({layout.path}) needs {list(expected[key])}; the head belongs to another model.")
+        sidecar_keys = _weight_sidecars(file_key, source.entries)
+        sidecars = dict(iter_tensors(source, list(sidecar_keys.values())))
+        sidecars = {role: sidecars[k] for role, k in sidecar_keys.items()}
+        ((_, tensor),) = list(iter_tensors(source, [file_key]))
+        weight, quantized, layer_sidecars = _stored_weight(source, file_key, tensor.to(target_device), sidecars,
+                                                           expected[key], label)
+        state_dict.update(_weight_entries(model, key, weight, quantized, layer_sidecars, dtype, keep_quantized_with))
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.requires_grad_(False)
+    return model.eval()

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .caption_node import Caption
+from .caption_route import register_routes
 from .dit_loader import DiTLoader
 from .noise_latent import EmptyLatent, Noise
+from .prompt_enhancer import PromptEnhancer
 from .sampler_node import Sampler
 from .scheduler_guider import Guider, Scheduler
 from .text_encoder_nodes import TextEncode, TextEncoderLoader
 from .vae_nodes import VAEDecode, VAELoader
 
 NODES: list[type[io.ComfyNode]] = [
+    Caption,
     DiTLoader,
     TextEncoderLoader,
     TextEncode,
+    PromptEnhancer,
     Sampler,
     Scheduler,
     Guider,
@@ -27,4 +32,6 @@ NODES: list[type[io.ComfyNode]] = [
 
 class Ideogram4Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # Here rather than in on_load, which ComfyUI 0.3.64 does not call.
+        register_routes()
         return list(NODES)

@@ -23,6 +23,9 @@ DIT_FILE = "ideogram4_fp8_scaled.safetensors"
 UNCOND_DIT_FILE = "ideogram4_unconditional_fp8_scaled.safetensors"
 TEXT_ENCODER_FILE = "qwen3vl_8b_fp8_scaled.safetensors"
 VAE_FILE = "flux2-vae.safetensors"
+# The LM head the enhancer needs when the text-encoder file has none (Comfy-Org's has none): the published
+# diffusers/qwen3-vl-8b-instruct-lm-head weights, saved under this name.
+LM_HEAD_FILE = "qwen3-vl-8b-instruct-lm-head.safetensors"
 MODEL_HINTS = {
     DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
     UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
@@ -51,6 +54,12 @@ SCHEMAS = {
          ("official_width", "INT", True), ("official_height", "INT", True)],
         [("CONDITIONING", "CONDITIONING")],
     ),
+    "Ideogram4RefPromptEnhancer": (
+        [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("idea", "STRING", True), ("width", "INT", True),
+         ("height", "INT", True), ("seed", "INT", True), ("temperature", "FLOAT", True),
+         ("max_new_tokens", "INT", True), ("lm_head_name", "COMBO", True), ("keep_boxes", "BOOLEAN", True)],
+        [("caption", "STRING")],
+    ),
     "Ideogram4RefSampler": (
         [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("conditioning", "CONDITIONING", False),
          ("preset", "COMBO", True), ("steps", "INT", True), ("mu", "FLOAT", True), ("std", "FLOAT", True),
@@ -72,6 +81,7 @@ SCHEMAS = {
     "Ideogram4RefEmptyLatent": ([("width", "INT", True), ("height", "INT", True), ("batch_size", "INT", True)], [("LATENT", "LATENT")]),
     "Ideogram4RefVAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
     "Ideogram4RefVAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False), ("tiled", "BOOLEAN", True)], [("IMAGE", "IMAGE")]),
+    "Ideogram4RefCaption": ([("state", "STRING", True)], [("caption", "STRING"), ("width", "INT"), ("height", "INT")]),
     "KSamplerSelect": ([("sampler_name", "COMBO", True)], [("SAMPLER", "SAMPLER")]),
     "SamplerCustomAdvanced": (
         [("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
@@ -86,7 +96,8 @@ SCHEMAS = {
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
-                   "Ideogram4RefTextEncode": {"official_width", "official_height"}}
+                   "Ideogram4RefTextEncode": {"official_width", "official_height"},
+                   "Ideogram4RefPromptEnhancer": {"lm_head_name", "keep_boxes"}}
 # Combo inputs with an upload button (one more widgets_values entry, "image").
 UPLOAD_INPUTS = {"LoadImage": {"image"}}
 NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SetLatentNoiseMask",
@@ -174,27 +185,41 @@ class Graph:
                     models.append(hint)
         return {
             "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 60]}, "frontendVersion": "1.28.6"},
+            "groups": [], "config": {}, "extra": {"ds": dict(VIEW), "frontendVersion": "1.28.6"},
             "models": models, "version": 0.4,
         }
 
 
-def _loaders(graph, y=120):
-    dit = graph.add("Ideogram4RefDiTLoader", (40, y), (380, 154), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
+# Layout (graph units): columns wide enough for the widgets' longest values, rows with room for the title bars
+# (drawn above each node's pos) so no node covers another; the note sits at the top-left, in view when opened.
+TITLE_H = 40
+ROW_Y = 420
+COL_LOADERS, COL_TEXT, COL_SAMPLER, COL_DECODE, COL_SAVE = 40, 660, 1200, 1640, 1980
+NOTE_POS, NOTE_SIZE = (40, 40), (1100, 330)
+REPORT_ROOM = 110  # a node's report after a run (web/js/ideogram4_caption_report.js: 90 px and a margin)
+VIEW = {"scale": 0.7, "offset": [100, 60]}
+
+
+def _loaders(graph, encode_pos=(COL_TEXT, ROW_Y), encode_size=(480, 360), prompt=None):
+    dit = graph.add("Ideogram4RefDiTLoader", (COL_LOADERS, ROW_Y), (580, 190), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
                     models=[DIT_FILE, UNCOND_DIT_FILE])
-    te = graph.add("Ideogram4RefTextEncoderLoader", (40, y + 180), (380, 60), [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
-    vae = graph.add("Ideogram4RefVAELoader", (40, y + 290), (380, 60), [VAE_FILE], models=[VAE_FILE])
+    # Room below the DiT Loader for the note it shows after a run when its two files do not pair up.
+    te_y = ROW_Y + 190 + REPORT_ROOM + TITLE_H + 30
+    te = graph.add("Ideogram4RefTextEncoderLoader", (COL_LOADERS, te_y), (580, 90),
+                   [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
+    vae = graph.add("Ideogram4RefVAELoader", (COL_LOADERS, te_y + 90 + TITLE_H + 30), (580, 90),
+                    [VAE_FILE], models=[VAE_FILE])
     # Official size 0 x 0: the text encoded alone (same maths as the official pipeline, faster).
-    encode = graph.add("Ideogram4RefTextEncode", (460, y + 180), (420, 250), [PROMPT, 0, 0])
+    encode = graph.add("Ideogram4RefTextEncode", encode_pos, encode_size, [PROMPT if prompt is None else prompt, 0, 0])
     graph.link(te, "IDEOGRAM4_TEXT_ENCODER", encode, "text_encoder")
     return dit, encode, vae
 
 
-def _graph_with_loaders(note):
+def _graph_with_loaders(note, **loader_args):
     """A new graph with the artist's Note and the loaders: (graph, DiT loader, Text Encode, VAE loader)."""
     graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    return (graph, *_loaders(graph))
+    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
+    return (graph, *_loaders(graph, **loader_args))
 
 
 def _wire_models(graph, dit, encode, target):
@@ -226,18 +251,35 @@ def _loader_note(preset_name):
     )
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
-    steps, mu, std, guidance = PRESETS[preset_name]
-    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
-    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
-    save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
+def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
+    """Models and text into the one-node Sampler, its latent through the pack's VAE Decode into Save Image."""
     _wire_models(graph, dit, encode, sampler)
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
+
+
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    steps, mu, std, guidance = PRESETS[preset_name]
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
     return graph.workflow()
+
+
+class _Column:
+    """Stacks nodes downwards from (x, y), leaving room for each title bar."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def next(self, size):
+        pos = (self.x, self.y)
+        self.y += size[1] + TITLE_H + 30
+        return pos, size
 
 
 def native_interop_workflow():
@@ -254,14 +296,16 @@ def native_interop_workflow():
         "Model files: see the loaders (download links are in the workflow)."
     )
     graph, dit, encode, vae = _graph_with_loaders(note)
-    guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
-    scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
-    noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
-    select = graph.add("KSamplerSelect", (920, 750), (340, 60), ["euler"])
-    latent = graph.add("Ideogram4RefEmptyLatent", (920, 850), (340, 110), [width, height, 1])
-    sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
-    decode = graph.add("VAEDecode", (1640, 120), (220, 50))
-    save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
+    column = _Column(COL_SAMPLER, ROW_Y)
+    guider = graph.add("Ideogram4RefGuider", *column.next((400, 220)), [preset_name, steps, guidance])
+    column.y += REPORT_ROOM  # the Guider's note after a run
+    scheduler = graph.add("Ideogram4RefScheduler", *column.next((400, 280)), [preset_name, steps, mu, std, width, height, 1.0])
+    noise = graph.add("Ideogram4RefNoise", *column.next((400, 110)), [42, "fixed"])
+    select = graph.add("KSamplerSelect", *column.next((400, 80)), ["euler"])
+    latent = graph.add("Ideogram4RefEmptyLatent", *column.next((400, 140)), [width, height, 1])
+    sampler = graph.add("SamplerCustomAdvanced", (COL_DECODE, ROW_Y), (300, 330))
+    decode = graph.add("VAEDecode", (COL_DECODE, ROW_Y + 330 + TITLE_H + 40), (300, 80))
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/native_interop"])
     _wire_models(graph, dit, encode, guider)
     graph.link(noise, "NOISE", sampler, "noise")
     graph.link(guider, "GUIDER", sampler, "guider")
@@ -271,6 +315,74 @@ def native_interop_workflow():
     graph.link(sampler, "output", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
+def caption_state(caption, width, height) -> str:
+    """The Caption node's state widget value, written as the editor writes it (JSON.stringify: compact)."""
+    return json.dumps({"width": width, "height": height, "caption": caption}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sampler_below_small_encode(graph, preset_name, width, height, prefix):
+    """The one-node Sampler under a small Text Encode at the top of the sampler column (with room for the caption
+    report it grows by after a run), the pack's VAE Decode and Save Image: (sampler, decode, save), not wired."""
+    steps, mu, std, guidance = PRESETS[preset_name]
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
+    return sampler, decode, save
+
+
+def caption_studio_workflow():
+    preset_name, width, height = "Default 20", 1536, 1024
+    note = (
+        "Ideogram 4 (reference) - caption studio\n\n"
+        "Write the caption in the form of the Caption node instead of typing JSON: a short description, the style "
+        "(photo or art style, lighting, medium, colours), the background and an ordered list of elements. Draw each "
+        "element's box on the layout frame (drag on empty space; drag a box to move it, a corner to resize it; "
+        "Delete removes the selected box, Ctrl+Z undoes). Every edit is checked by the pack and problems appear "
+        "next to their field. 'Paste JSON' loads a caption written elsewhere; 'Copy JSON' copies the canonical one.\n\n"
+        "The node sends the caption, minified as the model was trained on, to Text Encode, and the frame's width "
+        "and height to the Sampler, so the boxes match the image. Model files: see the loaders."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
+                                                  prompt="")
+    caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
+    sampler, decode, save = _sampler_below_small_encode(graph, preset_name, width, height, "ideogram4/caption_studio")
+    graph.link(caption, "caption", encode, "prompt")
+    graph.link(caption, "width", sampler, "width")
+    graph.link(caption, "height", sampler, "height")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    return graph.workflow()
+
+
+def enhance_prompt_workflow():
+    preset_name, width, height = "Default 20", 1024, 1024
+    note = (
+        "Ideogram 4 (reference) - from a short idea to a JSON caption to an image, all offline\n\n"
+        "Ideogram 4 works best with full JSON captions. The Prompt Enhancer writes one from your idea with the "
+        "text encoder the workflow loads anyway (no second copy of the 8B model), plus its language-model head "
+        "(about 1.2 GB). Get the head from the Hugging Face repository diffusers/qwen3-vl-8b-instruct-lm-head and "
+        f"save its safetensors file as models/text_encoders/{LM_HEAD_FILE}; with a text-encoder file that "
+        "already holds a head (Hugging Face Qwen3-VL weights), set lm_head_name to 'none'.\n\n"
+        "Decoding is constrained to the caption schema, so the caption always passes the Text Encode check; when "
+        "max_new_tokens runs out it is closed properly. Keep width and height equal on the enhancer and the "
+        "sampler (the enhancer composes for that aspect ratio). temperature 0 gives the same caption every run; "
+        "change the seed for another caption. keep_boxes lets it place elements with boxes.\n\n"
+        "The caption appears on the enhancer node; copy it into a Text Encode prompt to keep and edit it. Other "
+        "model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
+                                                  prompt="")
+    te = next(node["id"] for node in graph.nodes if node["type"] == "Ideogram4RefTextEncoderLoader")
+    enhancer = graph.add("Ideogram4RefPromptEnhancer", (COL_TEXT, ROW_Y), (480, 420),
+                         ["a hand-painted bakery sign at sunrise that says \"FRESH BREAD\"", width, height, 42,
+                          "fixed", 0.7, 1024, LM_HEAD_FILE, False])
+    sampler, decode, save = _sampler_below_small_encode(graph, preset_name, width, height, "ideogram4/enhanced_prompt")
+    graph.link(te, "IDEOGRAM4_TEXT_ENCODER", enhancer, "text_encoder")
+    graph.link(enhancer, "caption", encode, "prompt")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
     return graph.workflow()
 
 
@@ -290,22 +402,22 @@ def inpaint_workflow():
         "Model files: see the loaders (download links are in the workflow)."
     )
     graph, dit, encode, vae = _graph_with_loaders(note)
-    image = graph.add("LoadImage", (460, 480), (420, 340), [INPAINT_IMAGE, "image"])
-    vae_encode = graph.add("VAEEncode", (920, 480), (220, 50))
-    set_mask = graph.add("SetLatentNoiseMask", (920, 580), (260, 50))
-    sampler = graph.add("Ideogram4RefSampler", (1220, 120), (360, 470),
+    # Below Text Encode (room for its report), the picture to re-draw; below the Sampler, encode and mask.
+    image = graph.add("LoadImage", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 420),
+                      [INPAINT_IMAGE, "image"])
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", 1024, 1024, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (1620, 120), (260, 80), [False])
-    save = graph.add("SaveImage", (1920, 120), (520, 560), ["ideogram4/inpaint"])
+    column = _Column(COL_SAMPLER, ROW_Y + 480 + REPORT_ROOM + TITLE_H + 40)
+    vae_encode = graph.add("VAEEncode", *column.next((400, 80)))
+    set_mask = graph.add("SetLatentNoiseMask", *column.next((400, 80)))
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/inpaint"])
     graph.link(image, "IMAGE", vae_encode, "pixels")
     graph.link(vae, "VAE", vae_encode, "vae")
     graph.link(vae_encode, "LATENT", set_mask, "samples")
     graph.link(image, "MASK", set_mask, "mask")
-    _wire_models(graph, dit, encode, sampler)
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
     graph.link(set_mask, "LATENT", sampler, "latent")
-    graph.link(sampler, "LATENT", decode, "samples")
-    graph.link(vae, "VAE", decode, "vae")
-    graph.link(decode, "IMAGE", save, "images")
     return graph.workflow()
 
 
@@ -317,6 +429,8 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
         "ideogram4_native_interop.json": native_interop_workflow(),
+        "ideogram4_caption_studio.json": caption_studio_workflow(),
+        "ideogram4_enhance_prompt.json": enhance_prompt_workflow(),
     }
 
 

@@ -7,6 +7,7 @@ writes, under ``MODELS_DIR`` (a ComfyUI ``models`` folder layout):
     diffusion_models/ideogram4_fp8_scaled.safetensors                conditional DiT
     diffusion_models/ideogram4_unconditional_fp8_scaled.safetensors  unconditional DiT (same shapes, other weights)
     text_encoders/qwen3vl_8b_fp8_scaled.safetensors                  36-layer Qwen3-VL language model
+    text_encoders/qwen3-vl-8b-instruct-lm-head.safetensors           its LM head (for the Prompt Enhancer)
     vae/flux2-vae.safetensors                                        FLUX.2 KL autoencoder
 
 Layouts are those of the Comfy-Org repackaged files, so the pack's loaders read them through the same code as
@@ -49,6 +50,7 @@ from ideogram4.vae import Flux2AutoEncoder, VAEConfig  # noqa: E402
 DIT_FILE = "diffusion_models/ideogram4_fp8_scaled.safetensors"
 UNCOND_DIT_FILE = "diffusion_models/ideogram4_unconditional_fp8_scaled.safetensors"
 TEXT_ENCODER_FILE = "text_encoders/qwen3vl_8b_fp8_scaled.safetensors"
+LM_HEAD_FILE = "text_encoders/qwen3-vl-8b-instruct-lm-head.safetensors"
 VAE_FILE = "vae/flux2-vae.safetensors"
 
 TINY_TEXT_ENCODER_CONFIG = Qwen3VLTextConfig(
@@ -171,6 +173,13 @@ def text_encoder_state_dict(seed: int, config: Qwen3VLTextConfig = TINY_TEXT_ENC
     return stored
 
 
+def lm_head_state_dict(seed: int, config: Qwen3VLTextConfig = TINY_TEXT_ENCODER_CONFIG) -> dict[str, torch.Tensor]:
+    """The separate LM head file (``lm_head.weight`` only, bf16), as diffusers publishes it for Qwen3-VL-8B."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn((config.vocab_size, config.hidden_size), generator=generator) / config.hidden_size ** 0.5
+    return {"lm_head.weight": weight.to(torch.bfloat16)}
+
+
 def vae_state_dict(seed: int, config: VAEConfig = TINY_VAE_CONFIG) -> dict[str, torch.Tensor]:
     """The tensors of a ComfyUI FLUX.2 VAE file (float32), with the ``bn`` statistics of the real file."""
     generator = torch.Generator().manual_seed(seed)
@@ -183,7 +192,8 @@ def vae_state_dict(seed: int, config: VAEConfig = TINY_VAE_CONFIG) -> dict[str, 
 
 
 def write_tiny_weights(models_dir, seed: int = 0, dit_format: str = "fp8") -> dict[str, pathlib.Path]:
-    """Write the four stand-in files under ``models_dir``; returns {"dit", "uncond_dit", "text_encoder", "vae"} -> path."""
+    """Write the stand-in files under ``models_dir``; returns {"dit", "uncond_dit", "text_encoder", "lm_head",
+    "vae"} -> path."""
     if dit_format not in ("fp8", "bf16"):
         raise ValueError(f"dit_format must be 'fp8' or 'bf16', got {dit_format!r}")
     models_dir = pathlib.Path(models_dir)
@@ -192,6 +202,7 @@ def write_tiny_weights(models_dir, seed: int = 0, dit_format: str = "fp8") -> di
         "dit": (DIT_FILE, dit_state_dict(seed, fp8)),
         "uncond_dit": (UNCOND_DIT_FILE, dit_state_dict(seed + 1, fp8)),
         "text_encoder": (TEXT_ENCODER_FILE, text_encoder_state_dict(seed + 2)),
+        "lm_head": (LM_HEAD_FILE, lm_head_state_dict(seed + 4)),
         "vae": (VAE_FILE, vae_state_dict(seed + 3)),
     }
     paths = {}

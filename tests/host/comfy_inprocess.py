@@ -95,7 +95,7 @@ def _import_host(host_dir: str) -> types.SimpleNamespace:
     sys.modules[PACK_MODULE_NAME] = pack
     spec.loader.exec_module(pack)
     for name in ("compat", "dit_loader", "extension", "model_wrapper", "noise_latent", "precision", "progress",
-                 "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
+                 "prompt_enhancer", "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
         importlib.import_module(f"{PACK_MODULE_NAME}.nodes.{name}")
     return types.SimpleNamespace(path=pathlib.Path(host_dir), pack=pack, nodes=sys.modules[f"{PACK_MODULE_NAME}.nodes"])
 
@@ -157,3 +157,23 @@ def sampler_inputs(pack_models, **overrides) -> dict:
 def native_node(module_name: str, class_name: str):
     """A native node class, e.g. ``native_node("comfy_extras.nodes_custom_sampler", "SamplerCustomAdvanced")``."""
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def record_progress(monkeypatch, interrupt: bool = False) -> list:
+    """Patch ComfyUI's ``ProgressBar.update_absolute`` to record ``(value, total)`` of every update (passed on to
+    the real bar); with ``interrupt``, each update presses Cancel instead. Returns the list the updates go to."""
+    import comfy.model_management
+    import comfy.utils
+
+    updates = []
+    original = comfy.utils.ProgressBar.update_absolute
+
+    def update(bar, value, total=None, preview=None):
+        updates.append((value, total))
+        if interrupt:
+            comfy.model_management.interrupt_current_processing(True)
+            return None
+        return original(bar, value, total, preview)
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", update)
+    return updates

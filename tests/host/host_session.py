@@ -19,7 +19,7 @@ from workflow_api import nodes_of_type, to_api_prompt
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 WORKFLOW_NAMES = sorted(path.name for path in WORKFLOWS_DIR.glob("*.json"))
-SIZE_INPUTS = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent"}
+SIZE_INPUTS = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent", "Ideogram4RefPromptEnhancer"}
 
 if str(REPO_ROOT / "tools") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "tools"))

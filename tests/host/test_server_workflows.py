@@ -13,6 +13,7 @@ from PIL import Image
 from host_session import (
     WORKFLOW_NAMES,
     load_workflow,
+    node_error_message,
     run_ok,
     serve,
     the_node,
@@ -27,12 +28,15 @@ pytestmark = pytest.mark.host
 PACK_NODES = {
     "Ideogram4RefDiTLoader", "Ideogram4RefTextEncoderLoader", "Ideogram4RefTextEncode", "Ideogram4RefSampler",
     "Ideogram4RefScheduler", "Ideogram4RefGuider", "Ideogram4RefNoise", "Ideogram4RefEmptyLatent",
-    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode",
+    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefCaption", "Ideogram4RefPromptEnhancer",
 }
-EXPECTED_WORKFLOWS = ["ideogram4_inpaint.json", "ideogram4_native_interop.json", "ideogram4_quality.json",
-                      "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
+EXPECTED_WORKFLOWS = ["ideogram4_caption_studio.json", "ideogram4_enhance_prompt.json", "ideogram4_inpaint.json",
+                      "ideogram4_native_interop.json",
+                      "ideogram4_quality.json", "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
 # Small sizes keep the tiny models fast; the 2048 preset is run at 128 to keep its aspect of "bigger".
 RUN_SIZES = {"ideogram4_quality.json": (128, 128)}
+# The random tiny text encoder writes noise until the budget closes the caption: a small budget keeps it quick.
+RUN_OVERRIDES = {"ideogram4_enhance_prompt.json": {"max_new_tokens": 40}}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,7 @@ def test_workflow_matches_the_hosts_nodes(name, object_info):
 @pytest.mark.parametrize("name", EXPECTED_WORKFLOWS)
 def test_workflow_runs_to_an_image(name, server):
     width, height = RUN_SIZES.get(name, (64, 64))
-    prompt = workflow_prompt(server, name, width=width, height=height)
+    prompt = workflow_prompt(server, name, width=width, height=height, **RUN_OVERRIDES.get(name, {}))
     entry, images = run_ok(server, prompt)
     assert len(images) == 1, f"expected one saved image, got {len(images)}: {json.dumps(entry.get('outputs'))}"
     image = _decode_png(images[0])
@@ -129,3 +133,32 @@ def test_different_seeds_give_different_images(server):
     a = _decode_png(run_ok(server, first)[1][0])
     b = _decode_png(run_ok(server, second)[1][0])
     assert a.tobytes() != b.tobytes()
+
+
+def test_caption_route_answers_each_problem_at_its_path(server):
+    caption = {"compositional_deconstruction": {"elements": [{"type": "obj", "bbox": [0, 10, 0, 1200], "desc": "x"}]}}
+    status, data = server.client._request("POST", "/api/ideogram4_ref/caption/validate", {"caption": caption})
+    answer = json.loads(data)
+    assert status == 200 and not answer["ok"]
+    assert [p["path"] for p in answer["problems"]] == [
+        "$.compositional_deconstruction", "$.compositional_deconstruction.elements[0].bbox[3]"]
+    caption["compositional_deconstruction"] = {"background": "ciel étoilé", "elements": []}
+    status, data = server.client._request("POST", "/api/ideogram4_ref/caption/validate", {"text": json.dumps(caption)})
+    answer = json.loads(data)
+    assert answer["ok"] and answer["canonical"] == '{"compositional_deconstruction":{"background":"ciel étoilé","elements":[]}}'
+
+
+def test_options_route_gives_the_preset_values(server):
+    options = server.client.get_json("/api/ideogram4_ref/options")
+    assert options["presets"]["Quality 48"] == {"steps": 48, "mu": 0.0, "std": 1.5, "guidance_schedule": "7x45,3x3"}
+    assert options["custom_preset"] == "Custom"
+
+
+def test_caption_node_refuses_a_broken_caption_when_queued(server):
+    prompt = workflow_prompt(server, "ideogram4_caption_studio.json")
+    state = json.loads(the_node(prompt, "Ideogram4RefCaption")["inputs"]["state"])
+    del state["caption"]["compositional_deconstruction"]["background"]
+    the_node(prompt, "Ideogram4RefCaption")["inputs"]["state"] = json.dumps(state)
+    message = node_error_message(server, prompt)
+    assert "Ideogram 4 Caption" in message
+    assert '$.compositional_deconstruction: missing required key "background"' in message
