@@ -1,7 +1,7 @@
 """In-process host tests of the quantised DiT layers (nodes/quantized_ops.py; run in the host's Python, see
 comfy_inprocess.py): the per-layer de-quantisation releases its cast on hosts with the offloadable cast API and
 gives the official rule's output; a LoRA loaded through ComfyUI on quantised layers gives the velocity of the same
-LoRA on the de-quantised float32 weights, fully loaded and partially loaded (streamed layers), while the weights
+LoRA on the de-quantised float32 weights (fp8 and GGUF Q8_0 files), fully loaded and partially loaded (streamed layers), while the weights
 stay quantised, and unpatching leaves the model bit-identical to before.
 """
 
@@ -20,26 +20,43 @@ import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only
 FP8_LAYER = "layers.0.feed_forward.w1"
 COND_DEQUANTISED_FILE = "ideogram4_tiny_cond_fp8_dequantised_float32.safetensors"
 UNCOND_DEQUANTISED_FILE = "ideogram4_tiny_uncond_fp8_dequantised_float32.safetensors"
+# Quantised pair -> the same weights de-quantised once by the core (float32 files), per format.
+PAIRS = {
+    "fp8": ((tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE), (COND_DEQUANTISED_FILE, UNCOND_DEQUANTISED_FILE)),
+    "gguf_q8_0": (("ideogram4_tiny_cond-Q8_0.gguf", "ideogram4_tiny_uncond-Q8_0.gguf"),
+                  ("ideogram4_tiny_cond_q8_0_dequantised_float32.safetensors",
+                   "ideogram4_tiny_uncond_q8_0_dequantised_float32.safetensors")),
+}
 # Block Linears (fp8 in the fp8 file) and one layer outside the blocks (unquantised in both files).
 LORA_LAYERS = ("layers.0.attention.qkv", "layers.0.feed_forward.w2", "layers.1.attention.o",
                "layers.1.adaln_modulation", "input_proj")
 GRID_H, GRID_W = 3, 4
 # A memory budget under which some patched layers stream and others stay resident (on both hosts).
-PARTIAL_LOAD_FRACTION = 0.6
+PARTIAL_LOAD_FRACTION = {"fp8": 0.6, "gguf_q8_0": 0.7}
 
 
 @pytest.fixture(scope="module")
 def add_model_files():
-    """The fp8 pair de-quantised once by the core (float32 files): the reference the LoRA results are held to."""
+    """A GGUF Q8_0 pair (gguf's writer) and each quantised pair de-quantised once by the core (float32 files): the
+    reference the LoRA results are held to."""
     def add(models_dir):
-        from safetensors.torch import save_file
+        from safetensors.torch import load_file, save_file
 
         from ideogram4.dit_checkpoint import load_dit_checkpoint
 
         folder = models_dir / "diffusion_models"
-        for source, target in ((tiny.COND_FP8_FILE, COND_DEQUANTISED_FILE),
-                               (tiny.UNCOND_FP8_FILE, UNCOND_DEQUANTISED_FILE)):
-            save_file(load_dit_checkpoint(folder / source, dtype=torch.float32).state_dict, str(folder / target))
+        try:
+            from tools.quantized_weights import gguf_dit_types, write_gguf
+
+            for source, target in zip((tiny.COND_FILE, tiny.UNCOND_FILE), PAIRS["gguf_q8_0"][0]):
+                write_gguf(folder / target, load_file(str(folder / source)), gguf_dit_types("Q8_0"), "ideogram4")
+        except ImportError:
+            pass  # no gguf in this host's Python: the GGUF case skips
+        for quantised, dequantised in PAIRS.values():
+            for source, target in zip(quantised, dequantised):
+                if (folder / source).is_file():
+                    save_file(load_dit_checkpoint(folder / source, dtype=torch.float32).state_dict,
+                              str(folder / target))
     return add
 
 
@@ -122,15 +139,20 @@ def streamed(dit, name) -> bool:
     return hasattr(dit.get_submodule(name), "prev_comfy_cast_weights")
 
 
+@pytest.mark.parametrize("kind", list(PAIRS))
 @pytest.mark.parametrize("load", ["full", "partial"])
-def test_lora_on_fp8_layers_gives_the_velocity_of_the_lora_on_the_dequantised_weights(host, models, load):
+def test_lora_on_quantised_layers_gives_the_velocity_of_the_lora_on_the_dequantised_weights(host, models, load,
+                                                                                             kind):
     import comfy.model_management
 
+    quantised_files, dequantised_files = PAIRS[kind]
+    if not (models / "diffusion_models" / quantised_files[0]).is_file():
+        pytest.skip("no gguf package in this host's Python (the pack's requirements.txt installs it)")
     cpu = torch.device("cpu")
-    quantised, _ = load_pair(host, tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "default")
-    reference, _ = load_pair(host, COND_DEQUANTISED_FILE, UNCOND_DEQUANTISED_FILE, "default")
+    quantised, _ = load_pair(host, *quantised_files, "default")
+    reference, _ = load_pair(host, *dequantised_files, "default")
     dit = quantised.model.diffusion_model
-    assert dit.get_submodule("layers.0.attention.qkv").weight.dtype == torch.float8_e4m3fn
+    assert dit.get_submodule("layers.0.attention.qkv").quantized.kind == ("fp8_rowwise" if kind == "fp8" else "gguf")
     assert reference.model.diffusion_model.get_submodule("layers.0.attention.qkv").weight.dtype == torch.float32
     before = stored_weights(dit)
     quantised.load(cpu, lowvram_model_memory=0, full_load=True)
@@ -147,9 +169,9 @@ def test_lora_on_fp8_layers_gives_the_velocity_of_the_lora_on_the_dequantised_we
     if load == "full":
         patched.load(cpu, lowvram_model_memory=0, full_load=True)
     else:
-        patched.load(cpu, lowvram_model_memory=int(patched.model_size() * PARTIAL_LOAD_FRACTION))
+        patched.load(cpu, lowvram_model_memory=int(patched.model_size() * PARTIAL_LOAD_FRACTION[kind]))
         assert patched.model.model_lowvram
-        # Both ComfyUI paths at once: some patched fp8 layers streamed (patches in weight_function), some resident
+        # Both ComfyUI paths at once: some patched quantised layers streamed (patches in weight_function), some resident
         # (patches ComfyUI would have merged into the weight).
         states = {name: streamed(dit, name) for name in LORA_LAYERS[:4]}
         assert set(states.values()) == {True, False}, states
