@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 from .dit_loader import DiTLoader
+from .lora_loader import LoraLoader
 from .noise_latent import EmptyLatent, Noise
 from .sampler_node import Sampler
 from .scheduler_guider import Guider, Scheduler
@@ -13,6 +14,7 @@ from .vae_nodes import VAEDecode, VAELoader
 
 NODES: list[type[io.ComfyNode]] = [
     DiTLoader,
+    LoraLoader,
     TextEncoderLoader,
     TextEncode,
     Sampler,
