@@ -22,10 +22,19 @@ Dimensions come from the file: a ``config`` JSON in the safetensors metadata, el
 else the tensor shapes in the header (never tensor data). Every tensor is then checked against the shapes that
 config implies.
 
-De-quantisation (``keep_fp8=False``, the default) follows :mod:`ideogram4.quantization`: the official per-row
-rule for ``weight_scale`` of shape ``(out,)``, ComfyUI's per-tensor rule for ``comfy_quant`` layers.
+Also read: ``official-nf4`` / ``diffusers-nf4`` (bitsandbytes nf4 ``<name>.weight`` uint8 with ``.weight.absmax``,
+``.weight.quant_map`` and ``.weight.quant_state.bitsandbytes__nf4`` sidecars, ``ideogram-ai/ideogram-4-nf4``) and
+GGUF files (``official-gguf-<types>``: official keys, any prefix; block weights in GGML types, the rest
+F32/F16/BF16; read with the ``gguf`` package, :mod:`ideogram4.gguf_io`).
 
-``keep_fp8=True`` keeps fp8 weights and returns, for every quantised Linear ``<name>``:
+De-quantisation (``keep_quantized=False``, the default) follows :mod:`ideogram4.quantization`: the official
+per-row rule for ``weight_scale`` of shape ``(out,)``, ComfyUI's per-tensor rule for ``comfy_quant`` layers,
+:func:`ideogram4.gguf_dequant.dequantize_gguf` and :func:`ideogram4.nf4.dequantize_nf4`.
+
+``keep_quantized=True`` keeps quantised Linear weights as stored and lists each in ``DiTCheckpoint.quantized``
+(an :class:`ideogram4.quantization.QuantizedWeight`). GGUF Linears keep their block bytes (uint8 ``(rows, bytes)``),
+nf4 ones their packed bytes with ``<name>.weight_absmax`` and ``<name>.weight_quant_map``; for fp8, every quantised
+Linear ``<name>`` gets:
 
 * ``<name>.weight``       float8 ``(out, in)`` exactly as stored (q, k, v rows concatenated for diffusers files);
 * ``<name>.weight_scale`` float32 ``(out,)`` — always **per row**: per-tensor scales are broadcast to every row
@@ -44,8 +53,12 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .dit_config import DiTConfig
+from .gguf_dequant import dequantize_gguf
+from .gguf_io import GGUFSource, PLAIN_GGUF_TYPES, is_gguf_file, iter_gguf_tensors, open_gguf
+from .nf4 import dequantize_nf4, parse_bnb_quant_state
 from .quantization import (
     COMFY_FP8_FORMATS,
+    QuantizedWeight,
     as_row_scale,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
@@ -71,10 +84,10 @@ __all__ = [
 ]
 
 SUPPORTED_LAYOUTS = (
-    "Supported: official Ideogram 4 keys unquantised (bf16/fp16/fp32) or fp8 with per-row weight_scale "
-    "(ideogram-ai/ideogram-4-fp8); Comfy-Org fp8_scaled files (comfy_quant, bare or model.diffusion_model. keys); "
-    "diffusers layout (to_q/to_k/to_v, optional transformer. prefix); each as one .safetensors file or sharded "
-    "with a .safetensors.index.json."
+    "Supported: official Ideogram 4 keys unquantised (bf16/fp16/fp32), fp8 with per-row weight_scale "
+    "(ideogram-ai/ideogram-4-fp8) or bitsandbytes nf4 (ideogram-4-nf4); Comfy-Org fp8_scaled files; the diffusers "
+    "layout (to_q/to_k/to_v, also nf4); each as .safetensors (one file or sharded with an index); GGUF files "
+    "(ideogram4-Q8_0.gguf etc.)."
 )
 
 # Prefixes under which a DiT state dict is found, most specific first; "" = bare keys.
@@ -85,7 +98,13 @@ FP8_HEADER_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m
 # Sidecar tensors that describe a quantised weight rather than being model weights themselves.
 _QUANT_SIDECARS = (".weight_scale", ".input_scale", ".comfy_quant", ".weight_scale_2", ".pre_quant_scale",
                    ".scale_weight", ".scale_input")
-_BNB_MARKERS = (".absmax", ".quant_map", ".quant_state.", ".nested_absmax", ".nested_quant_map")
+# bitsandbytes sidecars of an nf4 ``<layer>.weight``: ``.weight.absmax``, ``.weight.quant_map``,
+# ``.weight.quant_state.bitsandbytes__nf4`` (double quantisation adds ``.weight.nested_*``, not read).
+_BNB_SIDECARS = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
+_BNB_STATE = ".quant_state."
+# general.architecture values of GGUF language models: a text encoder picked in the DiT Loader.
+_LANGUAGE_MODEL_ARCHITECTURES = ("llama", "qwen2", "qwen2vl", "qwen3", "qwen3vl", "qwen3moe", "t5", "t5encoder",
+                                 "gemma", "gemma2", "gemma3", "mistral", "phi3")
 _DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention)\.to_([qkv])\.weight$")
 _DIFFUSERS_OUT = re.compile(r"^(layers\.\d+\.attention)\.to_out\.0\.weight$")
 _LAYER_INDEX = re.compile(r"^layers\.(\d+)\.")
@@ -96,7 +115,8 @@ class DiTCheckpoint:
     """A loaded DiT: ``state_dict`` in official key names (ready for ``Ideogram4DiT.load_state_dict``).
 
     ``layout`` names the file layout (see module docstring); ``config_source`` says where the dimensions came
-    from: ``"metadata"``, ``"config.json"`` or ``"shapes"``.
+    from: ``"metadata"``, ``"config.json"`` or ``"shapes"``. ``quantized`` maps each Linear kept quantised
+    (``keep_quantized=True``) to how its stored ``weight`` and sidecars rebuild the weight.
     """
 
     config: DiTConfig
@@ -104,6 +124,7 @@ class DiTCheckpoint:
     layout: str
     path: str
     config_source: str = ""
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
 
 
 def expected_dit_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
@@ -157,11 +178,21 @@ def expected_dit_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
 
 @dataclass(frozen=True)
 class _Quant:
-    """How one stored fp8 weight is scaled: ``kind`` is "rowwise", "per_tensor" or "unscaled"."""
+    """How one stored weight is quantised: ``kind`` is "rowwise", "per_tensor" or "unscaled" (fp8), "gguf" (GGML
+    type ``qtype``) or "nf4" (bitsandbytes, sidecars ``absmax_key``/``quant_map_key``, ``blocksize``)."""
 
     kind: str
     scale_key: str | None = None
     input_scale_key: str | None = None
+    qtype: int | None = None
+    absmax_key: str | None = None
+    quant_map_key: str | None = None
+    blocksize: int = 64
+
+    @property
+    def extra_keys(self) -> tuple[str, ...]:
+        """Sidecars read with the weight itself (large ones: nf4 absmax is 1/16 of the weight's bytes)."""
+        return (self.absmax_key, self.quant_map_key) if self.kind == "nf4" else ()
 
 
 @dataclass(frozen=True)
@@ -228,7 +259,39 @@ def _detect_prefix(keys: dict, label: str) -> str | None:
 
 
 def _is_sidecar(key: str) -> bool:
-    return key.endswith(_QUANT_SIDECARS) or key == "scaled_fp8"
+    return key.endswith(_QUANT_SIDECARS) or key.endswith(_BNB_SIDECARS) or _BNB_STATE in key or key == "scaled_fp8"
+
+
+def _read(source, keys):
+    """``(key, tensor)`` one at a time from a safetensors or a GGUF source."""
+    if isinstance(source, GGUFSource):
+        return iter_gguf_tensors(source, keys)
+    return iter_tensors(source, keys)
+
+
+def _nf4_quant(plan_label: str, source, local: dict[str, str], name: str) -> tuple[_Quant, tuple[int, ...]]:
+    """The nf4 quantisation of ``name`` (``<layer>.weight`` with bitsandbytes sidecars) and its logical shape."""
+    nested = [key for key in (name + ".nested_absmax", name + ".nested_quant_map") if key in local]
+    state_keys = [key for key in local if key.startswith(name + _BNB_STATE)]
+    missing = [role for role, key in (("absmax", name + ".absmax"), ("quant_map", name + ".quant_map"))
+               if key not in local]
+    if missing or len(state_keys) != 1:
+        raise CheckpointError(f"{plan_label}: the bitsandbytes weight {name!r} lacks its "
+                              f"{', '.join(missing) or 'quant_state'} sidecar; the file is incomplete. "
+                              f"{SUPPORTED_LAYOUTS}")
+    if nested or not state_keys[0].endswith("bitsandbytes__nf4"):
+        found = nested[0] if nested else state_keys[0]
+        raise CheckpointError(
+            f"{plan_label}: {name!r} is a bitsandbytes 4-bit weight the pack does not read (found {found!r}); only "
+            "nf4 without double quantisation is read, as in the official ideogram-4-nf4 release. Use that release, "
+            f"or the fp8 one. {SUPPORTED_LAYOUTS}")
+    (_, blob), = _read(source, [local[state_keys[0]]])
+    try:
+        state = parse_bnb_quant_state(blob)
+    except ValueError as error:
+        raise CheckpointError(f"{plan_label}: {local[state_keys[0]]}: {error}. {SUPPORTED_LAYOUTS}") from None
+    return (_Quant("nf4", absmax_key=local[name + ".absmax"], quant_map_key=local[name + ".quant_map"],
+                   blocksize=state["blocksize"]), tuple(state["shape"]))
 
 
 def _comfy_quant_configs(plan_label: str, source: SafetensorsSource, prefix: str, local: dict[str, str]
@@ -280,6 +343,8 @@ def _comfy_quant_configs(plan_label: str, source: SafetensorsSource, prefix: str
 
 def _quant_for(plan_label, source, local, name, dtype, shape, comfy, comfy_scales, comfy_inputs) -> _Quant | None:
     """The quantisation of the stored weight ``name`` (local key), or None when it is a plain tensor."""
+    if isinstance(source, GGUFSource):
+        return None if dtype in PLAIN_GGUF_TYPES else _Quant("gguf", qtype=source.qtypes[local[name]])
     layer = name[: -len(".weight")] if name.endswith(".weight") else None
     if layer is not None and layer in comfy:
         fmt = comfy[layer].get("format")
@@ -335,6 +400,11 @@ def _numel(shape) -> int:
 
 def _layout_name(is_diffusers: bool, parts: list[_Part], sharded: bool) -> str:
     kinds = {part.quant.kind for part in parts if part.quant is not None}
+    gguf_types = sorted({part.dtype for part in parts if part.quant is not None and part.quant.kind == "gguf"})
+    if gguf_types:
+        return ("diffusers" if is_diffusers else "official") + "-gguf-" + "+".join(gguf_types)
+    if "nf4" in kinds:
+        return ("diffusers" if is_diffusers else "official") + "-nf4" + ("+sharded" if sharded else "")
     if "per_tensor" in kinds:
         quant = "fp8-scaled"
     elif "rowwise" in kinds:
@@ -360,24 +430,25 @@ def _layout_name(is_diffusers: bool, parts: list[_Part], sharded: bool) -> str:
 def _plan_dit(path) -> _Plan:
     """Everything about a DiT file except its tensor data: layout, key mapping, config, validated shapes."""
     try:
-        source = open_source(path)
+        source = open_gguf(path) if is_gguf_file(path) else open_source(path)
     except CheckpointError as error:
         raise CheckpointError(f"{error} {SUPPORTED_LAYOUTS}") from None
     label = str(source.path)
     keys = source.entries
     prefix = _detect_prefix(keys, label)
     if prefix is None:
+        architecture = getattr(source, "architecture", None)
+        if architecture in _LANGUAGE_MODEL_ARCHITECTURES:
+            raise CheckpointError(
+                f"{label}: this is a GGUF language model (general.architecture {architecture!r}), not an Ideogram 4 "
+                "DiT; a Qwen3-VL GGUF goes in models/text_encoders and the Ideogram 4 Text Encoder Loader. "
+                f"{SUPPORTED_LAYOUTS}")
+        found = f"a GGUF file of architecture {architecture!r} with " if architecture else ""
         raise CheckpointError(
-            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like {_describe_foreign(list(keys))}. "
-            f"{SUPPORTED_LAYOUTS}"
+            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like {found}"
+            f"{_describe_foreign(list(keys))}. {SUPPORTED_LAYOUTS}"
         )
     local = {key[len(prefix):]: key for key in keys if key.startswith(prefix)}
-    bnb = next((name for name in local if any(marker in name for marker in _BNB_MARKERS)), None)
-    if bnb is not None:
-        raise CheckpointError(
-            f"{label}: this is a bitsandbytes NF4/4-bit checkpoint (found {bnb!r}), which this loader does not read. "
-            f"Use the fp8 release instead. {SUPPORTED_LAYOUTS}"
-        )
 
     orphans = [name for name in local if name.endswith((".weight_scale", ".comfy_quant", ".input_scale"))
                and name.rsplit(".", 1)[0] + ".weight" not in local]
@@ -389,13 +460,18 @@ def _plan_dit(path) -> _Plan:
     comfy, comfy_scales, comfy_inputs = _comfy_quant_configs(label, source, prefix, local)
     is_diffusers = any(_DIFFUSERS_QKV.match(name) for name in local)
 
+    bnb_weights = ({name.split(_BNB_STATE)[0] for name in local if _BNB_STATE in name}
+                   | {name[: -len(suffix)] for name in local for suffix in _BNB_SIDECARS if name.endswith(suffix)})
     entries: dict[str, list[_Part]] = {}
     qkv_parts: dict[str, dict[str, _Part]] = {}
     for name, full in local.items():
         if _is_sidecar(name):
             continue
         dtype, shape = keys[full]
-        quant = _quant_for(label, source, local, name, dtype, tuple(shape), comfy, comfy_scales, comfy_inputs)
+        if name in bnb_weights:
+            quant, shape = _nf4_quant(label, source, local, name)
+        else:
+            quant = _quant_for(label, source, local, name, dtype, tuple(shape), comfy, comfy_scales, comfy_inputs)
         part = _Part(full, dtype, tuple(shape), quant)
         qkv = _DIFFUSERS_QKV.match(name)
         out = _DIFFUSERS_OUT.match(name)
@@ -550,34 +626,61 @@ def _config_summary(config: DiTConfig) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_fp8: bool) -> dict[str, torch.Tensor]:
+def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_quantized: bool
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, QuantizedWeight]]:
     """Read the tensors of ``plan`` one at a time and convert each as documented in the module docstring."""
     dequant_dtype = dtype if dtype is not None else torch.bfloat16
     order = list(expected_dit_shapes(plan.config))
     scale_keys = sorted({key for parts in plan.entries.values() for part in parts if part.quant is not None
                          for key in (part.quant.scale_key, part.quant.input_scale_key) if key})
-    scales = dict(iter_tensors(plan.source, scale_keys))
+    scales = dict(_read(plan.source, scale_keys))
 
     state_dict: dict[str, torch.Tensor] = {}
-    stored = iter_tensors(plan.source, [part.key for key in order for part in plan.entries[key]])
+    quantized: dict[str, QuantizedWeight] = {}
+    stored = _read(plan.source, [key for name in order for part in plan.entries[name]
+                                 for key in (part.key, *(part.quant.extra_keys if part.quant else ()))])
     for key in order:
         parts = plan.entries[key]
-        tensors = [next(stored)[1] for _ in parts]
-        quantised = [part.quant is not None for part in parts]
-        if keep_fp8 and _is_linear_weight(key) and all(quantised) and len({t.dtype for t in tensors}) == 1:
-            layer = key[: -len(".weight")]
-            state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-            row_scales = [_row_scale(part, tensor, scales) for part, tensor in zip(parts, tensors)]
-            state_dict[layer + ".weight_scale"] = torch.cat(row_scales) if len(row_scales) > 1 else row_scales[0]
-            if len(parts) == 1 and parts[0].quant.input_scale_key:
-                state_dict[layer + ".input_scale"] = scales[parts[0].quant.input_scale_key].reshape(()).float()
-            continue
+        tensors, extras = [], []
+        for part in parts:
+            tensors.append(next(stored)[1])
+            extras.append({extra: next(stored)[1] for extra in (part.quant.extra_keys if part.quant else ())})
+        kinds = {part.quant.kind if part.quant else None for part in parts}
+        layer = key[: -len(".weight")]
+        if keep_quantized and _is_linear_weight(key) and len({t.dtype for t in tensors}) == 1:
+            if kinds <= {"rowwise", "per_tensor", "unscaled"}:
+                state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+                row_scales = [_row_scale(part, tensor, scales) for part, tensor in zip(parts, tensors)]
+                state_dict[layer + ".weight_scale"] = torch.cat(row_scales) if len(row_scales) > 1 else row_scales[0]
+                if len(parts) == 1 and parts[0].quant.input_scale_key:
+                    state_dict[layer + ".input_scale"] = scales[parts[0].quant.input_scale_key].reshape(()).float()
+                quantized[layer] = QuantizedWeight("fp8_rowwise", plan.shapes[key])
+                continue
+            if kinds == {"gguf"} and len({part.quant.qtype for part in parts}) == 1:
+                # GGML blocks run along rows, so q, k and v rows concatenate as bytes.
+                state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+                quantized[layer] = QuantizedWeight("gguf", plan.shapes[key], qtype=parts[0].quant.qtype)
+                continue
+            if kinds == {"nf4"} and _nf4_concatenates(parts):
+                state_dict[key] = torch.cat([t.reshape(-1) for t in tensors])
+                state_dict[layer + ".weight_absmax"] = torch.cat([e[p.quant.absmax_key].reshape(-1).float()
+                                                                  for p, e in zip(parts, extras)])
+                state_dict[layer + ".weight_quant_map"] = extras[0][parts[0].quant.quant_map_key].reshape(16).float()
+                quantized[layer] = QuantizedWeight("nf4", plan.shapes[key], blocksize=parts[0].quant.blocksize)
+                continue
         converted = [
-            _dequantise(part, tensor, scales, dequant_dtype) if part.quant is not None else _cast(tensor, dtype)
-            for part, tensor in zip(parts, tensors)
+            _dequantise(part, tensor, scales, extra, dequant_dtype) if part.quant is not None else _cast(tensor, dtype)
+            for part, tensor, extra in zip(parts, tensors, extras)
         ]
         state_dict[key] = torch.cat(converted) if len(converted) > 1 else converted[0]
-    return state_dict
+    return state_dict, quantized
+
+
+def _nf4_concatenates(parts) -> bool:
+    """nf4 parts (q, k, v) join as bytes when they share the block size and each is whole blocks (the released
+    widths are); otherwise they are de-quantised."""
+    blocksize = parts[0].quant.blocksize
+    return all(part.quant.blocksize == blocksize and _numel(part.shape) % (2 * blocksize) == 0 for part in parts)
 
 
 def _is_linear_weight(key: str) -> bool:
@@ -591,8 +694,13 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype)
 
 
-def _dequantise(part: _Part, tensor: torch.Tensor, scales: dict, dtype: torch.dtype) -> torch.Tensor:
+def _dequantise(part: _Part, tensor: torch.Tensor, scales: dict, extras: dict, dtype: torch.dtype) -> torch.Tensor:
     quant = part.quant
+    if quant.kind == "gguf":
+        return dequantize_gguf(tensor, quant.qtype, part.shape, dtype)
+    if quant.kind == "nf4":
+        return dequantize_nf4(tensor, extras[quant.absmax_key], part.shape, dtype, blocksize=quant.blocksize,
+                              quant_map=extras[quant.quant_map_key])
     if quant.kind == "rowwise":
         return dequantize_fp8_rowwise(tensor, scales[quant.scale_key].reshape(-1), dtype)
     if quant.kind == "per_tensor":
@@ -640,30 +748,32 @@ def inspect_dit_checkpoint(path) -> DiTCheckpointInfo:
     return DiTCheckpointInfo(plan.config, dict(plan.shapes), plan.layout, str(plan.source.path), plan.config_source)
 
 
-def load_dit_checkpoint(path, dtype: torch.dtype | None = torch.bfloat16, keep_fp8: bool = False) -> DiTCheckpoint:
+def load_dit_checkpoint(path, dtype: torch.dtype | None = torch.bfloat16, keep_quantized: bool = False) -> DiTCheckpoint:
     """Load an Ideogram 4 DiT from ``path`` (file, shard, index or folder) into official key names.
 
     dtype: target of non-quantised floating tensors and of de-quantised fp8 weights; None keeps the file's
     dtypes (fp8 weights are then de-quantised to bf16, the official compute dtype).
-    keep_fp8: keep fp8 weights with a normalised per-row ``weight_scale`` (see the module docstring).
+    keep_quantized: keep quantised Linear weights quantised (fp8, GGUF blocks, nf4; see the module docstring).
     Raises CheckpointError (file named, what was found, the supported layouts).
     """
     _check_dtype(dtype)
     plan = _plan_dit(path)
-    return _to_checkpoint(plan, dtype, keep_fp8)
+    return _to_checkpoint(plan, dtype, keep_quantized)
 
 
-def _to_checkpoint(plan: _Plan, dtype, keep_fp8: bool) -> DiTCheckpoint:
+def _to_checkpoint(plan: _Plan, dtype, keep_quantized: bool) -> DiTCheckpoint:
+    state_dict, quantized = _materialise(plan, dtype, keep_quantized)
     return DiTCheckpoint(
         config=plan.config,
-        state_dict=_materialise(plan, dtype, keep_fp8),
+        state_dict=state_dict,
+        quantized=quantized,
         layout=plan.layout,
         path=str(plan.source.path),
         config_source=plan.config_source,
     )
 
 
-def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bfloat16, keep_fp8: bool = False
+def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bfloat16, keep_quantized: bool = False
                   ) -> tuple[DiTCheckpoint, DiTCheckpoint]:
     """Load the conditional and unconditional DiTs, refusing a pair that does not share one config and shape set.
 
@@ -678,7 +788,7 @@ def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bflo
             f"{difference}. Both Ideogram 4 transformers must have the same architecture; pick the matching pair "
             "(e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
         )
-    return _to_checkpoint(cond, dtype, keep_fp8), _to_checkpoint(uncond, dtype, keep_fp8)
+    return _to_checkpoint(cond, dtype, keep_quantized), _to_checkpoint(uncond, dtype, keep_quantized)
 
 
 def _first_difference(a: _Plan, b: _Plan) -> str | None:

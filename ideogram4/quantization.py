@@ -18,11 +18,14 @@ per row too and the product runs as one fp8 matrix multiply (``torch._scaled_mm`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 
 import torch
 
+from .gguf_dequant import dequantize_gguf
+from .nf4 import dequantize_nf4
 from .safetensors_io import CheckpointError
 
 # Largest finite float8_e4m3fn magnitude; the official quantiser maps each row's max |w| onto it.
@@ -153,3 +156,40 @@ def fp8_matmul_linear(input: torch.Tensor, weight_fp8: torch.Tensor, bias, weigh
     if bias is not None:
         out = out + bias
     return out.reshape(*shape[:-1], weight_fp8.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """How a Linear's weight is stored when it is kept quantised in memory, and how to rebuild it.
+
+    The layer holds the stored tensor as its ``weight`` and the sidecar tensors named by :attr:`sidecars` next to
+    it; :meth:`dequantize` rebuilds the weight of logical ``shape`` in the compute dtype, with tensor operations on
+    the device the tensors are on (no numpy), so a layer can do it each time it runs.
+
+    kind:
+    * ``"fp8_rowwise"``: float8 weight + ``weight_scale`` float32 ``(out,)``, the official rule (per-tensor scales
+      are stored as their exact per-row equivalent);
+    * ``"gguf"``: the GGML block bytes, uint8 ``(rows, bytes per row)``, of type ``qtype``
+      (:func:`ideogram4.gguf_dequant.dequantize_gguf`);
+    * ``"nf4"``: bitsandbytes NF4 bytes + ``weight_absmax`` (one float32 per ``blocksize`` values) and
+      ``weight_quant_map`` (the 16 code values) (:func:`ideogram4.nf4.dequantize_nf4`).
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    qtype: int | None = None
+    blocksize: int = 64
+
+    @property
+    def sidecars(self) -> tuple[str, ...]:
+        return {"fp8_rowwise": ("weight_scale",), "nf4": ("weight_absmax", "weight_quant_map")}.get(self.kind, ())
+
+    def dequantize(self, stored: torch.Tensor, sidecars: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        if self.kind == "fp8_rowwise":
+            return dequantize_fp8_rowwise(stored, sidecars["weight_scale"], dtype)
+        if self.kind == "gguf":
+            return dequantize_gguf(stored, self.qtype, self.shape, dtype)
+        if self.kind == "nf4":
+            return dequantize_nf4(stored, sidecars["weight_absmax"], self.shape, dtype, blocksize=self.blocksize,
+                                  quant_map=sidecars["weight_quant_map"])
+        raise ValueError(f"unknown quantised weight kind {self.kind!r}")

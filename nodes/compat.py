@@ -5,6 +5,7 @@ Newer APIs are detected, never inferred from a version string.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import comfy.latent_formats
@@ -19,9 +20,26 @@ def patcher_class():
     return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
 
-def new_patcher(model: torch.nn.Module, load_device, offload_device):
-    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free."""
-    return patcher_class()(model, load_device=load_device, offload_device=offload_device)
+@functools.lru_cache(maxsize=None)
+def _patcher_with(mixin: type, base: type) -> type:
+    # One class per (mixin, base): a patcher's clone() builds ``self.__class__``, so clones keep the mixin.
+    return type(f"{mixin.__name__}{base.__name__}", (mixin, base), {})
+
+
+def new_patcher(model: torch.nn.Module, load_device, offload_device, mixin: type | None = None,
+                dynamic: bool = True):
+    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free:
+    :func:`patcher_class` (or the classic ``ModelPatcher`` when ``dynamic`` is False), with ``mixin`` first in its
+    bases when given. The dynamic-VRAM patcher hands CPU models to a plain ``ModelPatcher``; the mixin then goes
+    on that class."""
+    base = patcher_class() if dynamic else comfy.model_patcher.ModelPatcher
+    if mixin is None:
+        return base(model, load_device=load_device, offload_device=offload_device)
+    patcher = _patcher_with(mixin, base)(model, load_device=load_device, offload_device=offload_device)
+    if not isinstance(patcher, mixin):
+        patcher = _patcher_with(mixin, comfy.model_patcher.ModelPatcher)(model, load_device=load_device,
+                                                                         offload_device=offload_device)
+    return patcher
 
 
 def is_dynamic(patcher) -> bool:

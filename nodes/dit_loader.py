@@ -2,8 +2,9 @@
 
 Weight dtype choices (compute dtype: bf16 where the load device supports it, the official dtype, else fp32):
 
-* ``default``: fp8 files stay fp8 in memory (de-quantised per layer at cast time, bit-identical to
-  de-quantising at load); other files are held in the compute dtype.
+* ``default``: quantised files stay quantised in memory — fp8, GGUF blocks, nf4 — and each layer is de-quantised
+  on the compute device when it runs (bit-identical to de-quantising at load); other files are held in the
+  compute dtype.
 * ``bf16``: every weight de-quantised / cast to bf16 once at load (the official pipeline's memory layout);
   computes in bf16.
 * ``fp8``: every block Linear held in fp8 with a per-row scale; unquantised files are quantised per row (lossy).
@@ -18,17 +19,16 @@ import dataclasses
 import logging
 
 import comfy.model_management
-import comfy.patcher_extension
 import folder_paths
 import torch
 from comfy_api.latest import io
 
 from ..ideogram4.compile import compile_transformer_blocks
 from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
-from ..ideogram4.quantization import quantize_fp8_rowwise, supports_fp8_matmul
+from ..ideogram4.quantization import QuantizedWeight, quantize_fp8_rowwise, supports_fp8_matmul
 
 from . import compat
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer, refuse_lora_on_fp8
+from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .settings import CATEGORY
 
@@ -45,40 +45,41 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
                       load_device=None, offload_device=None):
     """A ComfyUI patcher around an :class:`Ideogram4Model` holding ``checkpoint``'s weights.
 
-    Weights stay as the checkpoint holds them (tensors loaded with ``keep_fp8=True`` keep their fp8 weight and
-    per-row ``weight_scale``); ``quantize_to_fp8`` also stores every other ``layers.*`` Linear weight in fp8.
+    Weights stay as the checkpoint holds them: the Linears in ``checkpoint.quantized`` (loaded with
+    ``keep_quantized=True``: fp8 + per-row ``weight_scale``, GGUF blocks, nf4) become quantised layers
+    (:mod:`nodes.quantized_ops`); ``quantize_to_fp8`` also stores every other ``layers.*`` Linear weight in fp8.
     Consumes ``checkpoint.state_dict`` (left empty): each tensor is released as soon as the model holds it.
     """
     load_device = comfy.model_management.get_torch_device() if load_device is None else load_device
     offload_device = comfy.model_management.unet_offload_device() if offload_device is None else offload_device
     state = checkpoint.state_dict
-    scales = {key[: -len(".weight_scale")]: value for key, value in state.items() if key.endswith(".weight_scale")}
+    quantized = dict(checkpoint.quantized)
     for key in [key for key in state if key.endswith(".input_scale")]:
         del state[key]  # activation scale of ComfyUI's fp8 matmuls; the weight-only official path does not use it
     if quantize_to_fp8:
         # Keys only, not (key, tensor) pairs: each original tensor is released as soon as its fp8 copy replaces it.
         for key in [key for key in state if key.startswith("layers.") and key.endswith(".weight")]:
             layer = key[: -len(".weight")]
-            if state[key].ndim == 2 and layer not in scales:
-                state[key], scales[layer] = quantize_fp8_rowwise(state[key])
-                state[layer + ".weight_scale"] = scales[layer]
+            if state[key].ndim == 2 and layer not in quantized:
+                quantized[layer] = QuantizedWeight("fp8_rowwise", tuple(state[key].shape))
+                state[key], state[layer + ".weight_scale"] = quantize_fp8_rowwise(state[key])
 
     config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})
-    if scales:
-        config.custom_operations = Ideogram4Fp8Ops
+    if quantized:
+        config.custom_operations = Ideogram4QuantizedOps
         config.set_inference_dtype(compute_dtype, compute_dtype)
     else:
         stored = state["input_proj.weight"].dtype
         config.set_inference_dtype(stored, None if stored == compute_dtype else compute_dtype)
     model = Ideogram4Model(config)
-    for layer, scale in scales.items():
-        make_fp8_layer(model.diffusion_model.get_submodule(layer), scale)
+    for layer, spec in quantized.items():
+        make_quantized_layer(model.diffusion_model.get_submodule(layer), spec, state[layer + ".weight"],
+                             {name: state[f"{layer}.{name}"] for name in spec.sidecars})
     compat.archive_dtypes(model.diffusion_model)
 
-    patcher = compat.new_patcher(model, load_device=load_device, offload_device=offload_device)
-    if scales:
-        # Clones (LoRA loaders) inherit the callback: a patch on an fp8 layer is refused at load.
-        patcher.add_callback(comfy.patcher_extension.CallbacksMP.ON_LOAD, refuse_lora_on_fp8)
+    # Weight patches (LoRA) on quantised layers apply to the de-quantised weight when the layer runs.
+    patcher = compat.new_patcher(model, load_device=load_device, offload_device=offload_device,
+                                 mixin=QuantizedWeightPatching)
     try:
         compat.load_weights(patcher, model.diffusion_model, state)
     except ValueError as error:
@@ -97,13 +98,13 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
         raise ValueError(f"Ideogram 4 DiT Loader: weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}.")
     load_device = comfy.model_management.get_torch_device()
     compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else compute_dtype_for(load_device)
-    keep_fp8, quantize = weight_dtype != "bf16", weight_dtype in ("fp8", "fp8_fast")
+    keep_quantized, quantize = weight_dtype != "bf16", weight_dtype in ("fp8", "fp8_fast")
 
-    cond_checkpoint = load_dit_checkpoint(cond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
+    cond_checkpoint = load_dit_checkpoint(cond_path, dtype=compute_dtype, keep_quantized=keep_quantized)
     cond_config = cond_checkpoint.config
     cond = build_dit_patcher(cond_checkpoint, compute_dtype, quantize, load_device)
     del cond_checkpoint
-    uncond_checkpoint = load_dit_checkpoint(uncond_path, dtype=compute_dtype, keep_fp8=keep_fp8)
+    uncond_checkpoint = load_dit_checkpoint(uncond_path, dtype=compute_dtype, keep_quantized=keep_quantized)
     if uncond_checkpoint.config != cond_config:
         differences = ", ".join(
             f"{field.name}={getattr(cond_config, field.name)!r} vs {getattr(uncond_checkpoint.config, field.name)!r}"
@@ -134,7 +135,8 @@ def enable_fp8_matmul(patchers, load_device, compute_dtype: torch.dtype) -> None
     for patcher in patchers:
         for name, module in patcher.model.diffusion_model.named_modules():
             token_linear = name.startswith("layers.") and (".attention." in name or ".feed_forward." in name)
-            if token_linear and getattr(module, "weight_scale", None) is not None:
+            quantized = getattr(module, "quantized", None)
+            if token_linear and quantized is not None and quantized.kind == "fp8_rowwise":
                 module.fp8_compute = True
 
 
@@ -161,7 +163,7 @@ class DiTLoader(io.ComfyNode):
                                        "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
                                        "lossy). fp8_fast: as fp8, and multiply in fp8 on GPUs that can (RTX 40xx, "
                                        "H100 and newer); faster, approximate (not the official bf16 maths). LoRAs "
-                                       "on fp8-stored layers are refused: use bf16 with LoRAs."),
+                                       "apply to the de-quantised weights."),
                 io.Boolean.Input("compile_blocks", default=False,
                                  tooltip="Compile the transformer blocks with torch.compile (opt-in). The first "
                                          "sampling run at each size compiles (slow), later steps run faster; "

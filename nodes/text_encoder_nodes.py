@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
-import comfy.model_patcher
 import folder_paths
 import torch
 from comfy_api.latest import io, ui
@@ -24,7 +23,8 @@ from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.text_encoder import image_slot_count
 from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer
+from . import compat
+from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_fp8_layer
 from .settings import CATEGORY
 
 TEXT_ENCODER_FOLDER = "text_encoders"
@@ -40,8 +40,8 @@ class Ideogram4TextEncoder:
 
     def __init__(self, loaded: LoadedTextEncoder, load_device, offload_device):
         self.loaded = loaded
-        self.patcher = comfy.model_patcher.ModelPatcher(loaded.encoder, load_device=load_device,
-                                                        offload_device=offload_device)
+        self.patcher = compat.new_patcher(loaded.encoder, load_device, offload_device,
+                                          mixin=QuantizedWeightPatching, dynamic=False)
 
     def encode(self, prompt: str, image_slots: int = 0) -> torch.Tensor:
         """One prompt -> text features (1, n, hidden*13) float32 on ComfyUI's intermediate device.
@@ -61,7 +61,7 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
     dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
-    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4Fp8Ops,
+    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4QuantizedOps,
                                keep_fp8_with=make_fp8_layer)
     return Ideogram4TextEncoder(loaded, load_device, offload_device)
 

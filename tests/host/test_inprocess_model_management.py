@@ -148,9 +148,9 @@ def test_text_encoder_keeps_fp8_weights_and_gives_the_features_of_the_one_time_d
 def test_text_encoder_fp8_layers_in_bf16_match_the_official_dequantisation_bit_for_bit(host, models):
     from ideogram4.text_encoder_checkpoint import load_text_encoder
 
-    fp8_ops = host.nodes.fp8_ops
+    fp8_ops = host.nodes.quantized_ops
     path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
-    kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4Fp8Ops,
+    kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4QuantizedOps,
                              keep_fp8_with=fp8_ops.make_fp8_layer)
     assert kept.encoder.layers[35].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
     dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16)

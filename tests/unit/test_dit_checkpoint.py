@@ -303,7 +303,7 @@ def test_keep_fp8_gives_per_row_scales_that_reproduce_the_default(name, cases, t
     state, _, _ = cases[name]
     path = _save(state, tmp_path / "m.safetensors")
     default = load_dit_checkpoint(path).state_dict
-    kept = load_dit_checkpoint(path, keep_fp8=True).state_dict
+    kept = load_dit_checkpoint(path, keep_quantized=True).state_dict
     for key, value in default.items():
         layer = key[: -len(".weight")]
         if layer + ".weight_scale" not in kept:
@@ -324,7 +324,7 @@ def test_keep_fp8_concatenates_different_per_tensor_scales_of_split_qkv(referenc
     state = _comfy_fp8(official_to_diffusers_state_dict(reference))
     path = _save(state, tmp_path / "m.safetensors")
     default = load_dit_checkpoint(path)
-    kept = load_dit_checkpoint(path, keep_fp8=True).state_dict
+    kept = load_dit_checkpoint(path, keep_quantized=True).state_dict
     assert default.layout == "diffusers-fp8-scaled"
     scale = kept["layers.0.attention.qkv.weight_scale"]
     assert len(torch.unique(scale)) == 3
