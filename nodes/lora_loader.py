@@ -18,6 +18,7 @@ import torch
 from comfy.weight_adapter.lora import LoRAAdapter
 from comfy_api.latest import io, ui
 
+from ..ideogram4.dit_checkpoint import expected_dit_shapes
 from ..ideogram4.lora import LoraKeyMap, map_lora_keys, read_lora_file
 
 from .settings import CATEGORY
@@ -61,8 +62,8 @@ def _use_output_axis_dora(patches: dict, weight_shapes: dict) -> None:
 
 def load_lora_patches(path: str, patcher) -> tuple[dict, LoraKeyMap]:
     """(patches for ``patcher.add_patches``, the file's key map) of the LoRA at ``path`` on ``patcher``'s DiT."""
-    weight_shapes = {key[len(MODEL_PREFIX):]: tuple(value.shape)
-                     for key, value in patcher.model.state_dict().items() if key.startswith(MODEL_PREFIX)}
+    # Logical shapes from the architecture: a quantised layer's stored tensor has another shape (packed nf4 bytes).
+    weight_shapes = expected_dit_shapes(patcher.model.diffusion_model.config)
     tensors, adapter_config = read_lora_file(path)
     mapped = map_lora_keys(tensors, weight_shapes, adapter_config)
 

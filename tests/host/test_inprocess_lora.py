@@ -503,3 +503,86 @@ def test_a_file_where_nothing_maps_is_a_node_error(host, pair, models):
     with pytest.raises(ValueError, match=r"^Ideogram 4 LoRA Loader: lora_name text_encoder_only\.safetensors: no key "
                                          r"names a weight.*lora_te1_text_model.*Understood: official module names"):
         apply_lora(host, *pair, "text_encoder_only.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Quantised storage: the patch applies to the de-quantised weight, which stays quantised in memory
+# ---------------------------------------------------------------------------------------------------------------
+
+def is_block_matrix(key, tensor) -> bool:
+    return key.startswith("layers.") and key.endswith(".weight") and tensor.ndim == 2
+
+
+def write_quantised_files(folder: pathlib.Path) -> dict[str, tuple[str, str, dict]]:
+    """{storage: (weights file, weight_dtype, de-quantised float32 official weights for the oracle)}.
+
+    The oracle's weights come from the core's de-quantisers (checked bit for bit against the official rule, gguf
+    and bitsandbytes in tests/unit) or, where the loader quantises itself (fp8 / fp8_fast on a float32 file), from
+    quantising and de-quantising each block matrix by the official per-row rule."""
+    from ideogram4.dit_checkpoint import load_dit_checkpoint
+    from ideogram4.quantization import dequantize_fp8_rowwise, quantize_fp8_rowwise
+    from tools.quantized_weights import gguf_dit_types, store_nf4, write_gguf
+
+    base = base_weights()
+    requantised = {key: dequantize_fp8_rowwise(*quantize_fp8_rowwise(value), dtype=torch.float32)
+                   if is_block_matrix(key, value) else value for key, value in base.items()}
+    write_gguf(folder / "cond_q8_0.gguf", base, gguf_dit_types("Q8_0"), "ideogram4")
+    save_file(store_nf4(base, is_block_matrix), str(folder / "cond_nf4.safetensors"))
+    files = {"fp8 file, default": (tiny.COND_FP8_FILE, "default"), "fp8": (tiny.COND_FILE, "fp8"),
+             "fp8_fast": (tiny.COND_FILE, "fp8_fast"), "gguf Q8_0": ("cond_q8_0.gguf", "default"),
+             "nf4": ("cond_nf4.safetensors", "default")}
+    storages = {}
+    for storage, (name, weight_dtype) in files.items():
+        if weight_dtype == "default":
+            dequantised = load_dit_checkpoint(folder / name, dtype=torch.float32).state_dict
+        else:
+            dequantised = requantised
+        storages[storage] = (name, weight_dtype, dequantised)
+    return storages
+
+
+QUANTISED_LORAS = {"diffusers": "diffusers.safetensors", "dora_peft": "dora_peft.safetensors"}
+# fp8_fast multiplies the block token Linears that carry no patch in fp8 (activations quantised per token) where the
+# device can: the DoRA file leaves w2/w3 unpatched, so those stay approximate (the LoRA of "diffusers" patches every
+# block Linear, and patched layers always use their de-quantised, patched weight).
+FP8_FAST_UNPATCHED_TOLERANCE = 1e-2
+
+
+@pytest.fixture(scope="module")
+def quantised(host, models, tmp_path_factory):
+    """{storage: (cond patcher, uncond patcher)} and the oracle's velocities {f"{storage}|{lora}": velocity}."""
+    folder = models / "diffusion_models"
+    storages = write_quantised_files(folder)
+    loaders = {}
+    cases = {}
+    for storage, (name, weight_dtype, dequantised) in storages.items():
+        loaders[storage] = host.nodes.dit_loader.load_dit_patchers(str(folder / name), str(folder / name),
+                                                                   weight_dtype)
+        base_file = models / f"oracle_base_{len(cases)}.safetensors"
+        save_file({key: value.contiguous() for key, value in dequantised.items()}, str(base_file))
+        for lora_case, lora_file in QUANTISED_LORAS.items():
+            cases[f"{storage}|{lora_case}"] = {"lora": lora_file, "base": str(base_file)}
+    return loaders, run_oracle(models, cases, tmp_path_factory.mktemp("quantised_oracle"))
+
+
+@pytest.mark.parametrize("lora_case", list(QUANTISED_LORAS))
+@pytest.mark.parametrize("storage", ["fp8 file, default", "fp8", "fp8_fast", "gguf Q8_0", "nf4"])
+def test_lora_on_quantised_weights_gives_the_diffusers_velocity_on_the_dequantised_weights(host, quantised, storage,
+                                                                                         lora_case):
+    loaders, oracle = quantised
+    cond, uncond = loaders[storage]
+    qkv = cond.model.diffusion_model.get_submodule("layers.0.attention.qkv")
+    stored = qkv.weight.detach().clone()
+    assert stored.dtype not in (torch.float32, torch.bfloat16)  # the weight is held quantised
+    patched, _, _ = apply_lora(host, cond, uncond, QUANTISED_LORAS[lora_case])
+    ours = pack_velocity(patched)
+    tolerance = TOLERANCE
+    if storage == "fp8_fast" and lora_case == "dora_peft" and any(
+            getattr(m, "fp8_compute", False) for m in cond.model.diffusion_model.modules()):
+        tolerance = FP8_FAST_UNPATCHED_TOLERANCE
+    assert (ours - oracle[f"{storage}|{lora_case}"]).abs().max().item() <= tolerance
+    assert qkv.weight.dtype == stored.dtype  # still quantised while patched
+    import comfy.model_management
+
+    comfy.model_management.unload_all_models()
+    assert torch.equal(qkv.weight.detach().view(torch.uint8), stored.view(torch.uint8))
