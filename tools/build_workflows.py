@@ -3,7 +3,7 @@
     python tools/build_workflows.py            # rewrite workflows/*.json
     python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
 
-One small graph builder keeps the four files consistent: the same loaders with the same download hints
+One small graph builder keeps the files consistent: the same loaders with the same download hints
 (``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
 The node schemas below mirror the pack's node definitions (nodes/) and the native nodes used; the host tests
 check every file against a live server's ``/object_info``, so a drift shows up there.
@@ -23,6 +23,8 @@ DIT_FILE = "ideogram4_fp8_scaled.safetensors"
 UNCOND_DIT_FILE = "ideogram4_unconditional_fp8_scaled.safetensors"
 TEXT_ENCODER_FILE = "qwen3vl_8b_fp8_scaled.safetensors"
 VAE_FILE = "flux2-vae.safetensors"
+# A LoRA the user brings (no download hint): the stand-in of the host tests has this name.
+LORA_FILE = "ideogram4_lora.safetensors"
 MODEL_HINTS = {
     DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
     UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
@@ -43,6 +45,11 @@ SCHEMAS = {
     "Ideogram4RefDiTLoader": (
         [("cond_model_name", "COMBO", True), ("uncond_model_name", "COMBO", True), ("weight_dtype", "COMBO", True),
          ("compile_blocks", "BOOLEAN", True)],
+        [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
+    ),
+    "Ideogram4RefLoraLoader": (
+        [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("lora_name", "COMBO", True),
+         ("strength_cond", "FLOAT", True), ("strength_uncond", "FLOAT", True)],
         [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
     ),
     "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
@@ -223,6 +230,39 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
     return graph.workflow()
 
 
+def lora_workflow():
+    preset_name, width, height = "Default 20", 1024, 1024
+    steps, mu, std, guidance = PRESETS[preset_name]
+    graph = Graph()
+    note = (
+        "Ideogram 4 (reference) with a LoRA\n\n"
+        f"Put your Ideogram 4 LoRA in models/loras and pick it on the LoRA Loader (this workflow names {LORA_FILE}). "
+        "Files from diffusers/PEFT, ai-toolkit, kohya-style trainers, SimpleTuner (LoRA, LyCORIS LoKr/LoHa), DoRA "
+        "and full-weight diff files are understood; keys the loader cannot place are listed on the node.\n\n"
+        "strength_cond scales the LoRA on the model that sees the prompt (1 = as trained). strength_uncond is 0: "
+        "LoRAs are trained on that conditional model only; raise it only when the LoRA's notes say it was trained "
+        "for the image-only model too. For several LoRAs, chain LoRA Loaders (cond_model/uncond_model into the "
+        "next one). The LoRA works with every weight_dtype, fp8 included: the weights stay fp8 in memory.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
+    dit, encode, vae = _loaders(graph)
+    lora = graph.add("Ideogram4RefLoraLoader", (460, 40), (420, 130), [LORA_FILE, 1.0, 0.0])
+    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
+    save = graph.add("SaveImage", (1620, 120), (520, 560), ["ideogram4/lora"])
+    graph.link(dit, "cond_model", lora, "cond_model")
+    graph.link(dit, "uncond_model", lora, "uncond_model")
+    graph.link(lora, "cond_model", sampler, "cond_model")
+    graph.link(lora, "uncond_model", sampler, "uncond_model")
+    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+    graph.link(sampler, "LATENT", decode, "samples")
+    graph.link(vae, "VAE", decode, "vae")
+    graph.link(decode, "IMAGE", save, "images")
+    return graph.workflow()
+
+
 def native_interop_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
@@ -268,6 +308,7 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
         "ideogram4_native_interop.json": native_interop_workflow(),
+        "ideogram4_lora.json": lora_workflow(),
     }
 
 

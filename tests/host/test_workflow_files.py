@@ -32,6 +32,7 @@ PRESET_OF_FILE = {
     "ideogram4_quality.json": ("Quality 48", 48, 2048),
     "ideogram4_turbo.json": ("Turbo 12", 12, 1024),
     "ideogram4_native_interop.json": ("Default 20", 20, 1024),
+    "ideogram4_lora.json": ("Default 20", 20, 1024),
 }
 
 

@@ -1,0 +1,179 @@
+"""What a LoRA costs at run time on fp8-stored weights: step time and memory, with and without a rank-32 LoRA.
+
+    ~/comfy/ComfyUI/.venv/bin/python -m benchmarks.lora_cost --config small --size 512 --json /tmp/lora_cost.json
+    smoke: ... -m benchmarks.lora_cost --config tiny --size 64 --repeats 1 --warmup 0
+
+A DiT pair of ``--config`` (random weights, every block Linear stored in the official fp8 per-row layout) is loaded
+by the pack's DiT Loader with ``weight_dtype=default`` (fp8 kept in memory), and a rank-``--rank`` LoRA on every
+block Linear (attention qkv/o, feed-forward w1/w2/w3, adaln_modulation; raw official key layout) is applied on the
+conditional model by the pack's LoRA Loader. ComfyUI loads each pair with ``load_models_gpu``; the patched fp8 layers
+are de-quantised and patched each time they run, so the weights stay fp8 in memory. Reported:
+
+* step seconds (one conditional + one unconditional forward, one ``--text-tokens`` prompt), median of
+  ``--repeats`` after ``--warmup``, without the LoRA, with it fully loaded, and with it under a memory cap that
+  leaves ``--partial-fraction`` of the model resident (the rest streamed);
+* the bytes the LoRA's patch tensors hold, the bytes of the model's stored weights, and the growth of the
+  process's peak resident memory over the LoRA steps (after the no-LoRA steps set the first peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pathlib
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.dit_step import CONFIGS  # noqa: E402
+from benchmarks.memory_tiers import DEFAULT_COMFYUI, PACK_MODULE_NAME, _import_comfy_and_pack  # noqa: E402
+
+BLOCK_LINEARS = ("attention.qkv", "attention.o", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
+                 "adaln_modulation")
+MODEL_TIME = 0.625
+
+
+def write_files(folder: pathlib.Path, config, rank: int) -> tuple[str, str, str]:
+    """(cond, uncond, LoRA) files: fp8 per-row block weights, and a LoRA on every block Linear."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ideogram4.dit import Ideogram4DiT
+    from tools.make_tiny_weights import module_shapes, random_tensors, store_official_fp8_rowwise
+
+    shapes = module_shapes(Ideogram4DiT, config)
+    paths = []
+    for seed, name in ((1, "cond_fp8.safetensors"), (2, "uncond_fp8.safetensors")):
+        save_file(store_official_fp8_rowwise(random_tensors(shapes, torch.Generator().manual_seed(seed))),
+                  str(folder / name))
+        paths.append(str(folder / name))
+    generator = torch.Generator().manual_seed(3)
+    lora = {}
+    for block in range(config.num_layers):
+        for module in BLOCK_LINEARS:
+            out_features, in_features = shapes[f"layers.{block}.{module}.weight"]
+            stem = f"diffusion_model.layers.{block}.{module}"
+            lora[f"{stem}.lora_A.weight"] = torch.randn(rank, in_features, generator=generator) / in_features ** 0.5
+            lora[f"{stem}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.01
+    save_file(lora, str(folder / "lora_rank.safetensors"))
+    return paths[0], paths[1], str(folder / "lora_rank.safetensors")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def run(args) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    nodes = _import_comfy_and_pack(pathlib.Path(args.comfyui), "cpu", None, False)
+    lora_loader = importlib.import_module(f"{PACK_MODULE_NAME}.nodes.lora_loader")
+    import comfy.model_management
+    import folder_paths
+
+    from ideogram4.velocity import conditional_velocity, unconditional_velocity
+
+    config = CONFIGS[args.config]
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="lora_cost_"))
+    cond_path, uncond_path, lora_path = write_files(folder, config, args.rank)
+    folder_paths.add_model_folder_path("loras", str(folder), is_default=True)
+    cond, uncond = nodes["dit_loader"].load_dit_patchers(cond_path, uncond_path, "default")
+    output = lora_loader.LoraLoader.execute(cond_model=cond, uncond_model=uncond,
+                                            lora_name=pathlib.Path(lora_path).name, strength_cond=1.0)
+    lora_cond = output.args[0]
+
+    grid = args.size // 16
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn((1, grid * grid, config.in_channels), generator=generator)
+    features = torch.randn((1, args.text_tokens, config.llm_features_dim), generator=generator)
+
+    def steps(cond_patcher, memory_fraction=None):
+        comfy.model_management.unload_all_models()
+        for patcher in (cond_patcher, uncond):
+            if memory_fraction is None:
+                comfy.model_management.load_models_gpu([patcher])
+            else:
+                patcher.load(torch.device("cpu"), lowvram_model_memory=int(patcher.model_size() * memory_fraction))
+        seconds = []
+        with torch.no_grad():
+            for index in range(args.warmup + args.repeats):
+                start = time.perf_counter()
+                conditional_velocity(cond_patcher.model.diffusion_model, z, MODEL_TIME, features, None, grid, grid,
+                                     dtype=torch.float32)
+                unconditional_velocity(uncond.model.diffusion_model, z, MODEL_TIME, grid, grid, dtype=torch.float32)
+                if index >= args.warmup:
+                    seconds.append(time.perf_counter() - start)
+        if memory_fraction is not None:
+            for patcher in (cond_patcher, uncond):
+                patcher.detach()
+        return statistics.median(seconds), seconds
+
+    base_seconds, base_all = steps(cond)
+    peak_before = peak_rss_bytes()
+    lora_seconds, lora_all = steps(lora_cond)
+    partial_seconds, partial_all = steps(lora_cond, args.partial_fraction)
+    peak_after = peak_rss_bytes()
+    comfy.model_management.unload_all_models()
+
+    def tensor_bytes(value) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (tuple, list)):
+            return sum(tensor_bytes(item) for item in value)
+        return tensor_bytes(getattr(value, "weights", ()))
+
+    patch_bytes = sum(tensor_bytes(patch[1]) for patches in lora_cond.patches.values() for patch in patches)
+    stored_bytes = sum(t.numel() * t.element_size() for t in cond.model.diffusion_model.state_dict().values())
+    return {
+        "config": args.config, "size": args.size, "rank": args.rank, "text_tokens": args.text_tokens,
+        "threads": args.threads, "patched_weights": len(lora_cond.patches),
+        "step_seconds": {"no LoRA": base_seconds, "LoRA, full load": lora_seconds,
+                         f"LoRA, {args.partial_fraction:.0%} resident": partial_seconds},
+        "step_seconds_all": {"no LoRA": base_all, "LoRA, full load": lora_all, "LoRA, partial": partial_all},
+        "lora_patch_bytes": patch_bytes, "model_stored_bytes": stored_bytes,
+        "peak_rss_growth_bytes": peak_after - peak_before,
+    }
+
+
+def print_table(result: dict) -> None:
+    base = result["step_seconds"]["no LoRA"]
+    print(f"config {result['config']}, {result['size']}², rank {result['rank']} on {result['patched_weights']} "
+          f"block weights, {result['threads']} thread(s)")
+    print("| case | step s | × no LoRA |\n|---|---|---|")
+    for case, seconds in result["step_seconds"].items():
+        print(f"| {case} | {seconds:.3f} | {seconds / base:.2f} |")
+    mib = 2 ** 20
+    print(f"LoRA patch tensors {result['lora_patch_bytes'] / mib:.1f} MiB; model stored weights (cond) "
+          f"{result['model_stored_bytes'] / mib:.1f} MiB; peak RSS growth over the LoRA steps "
+          f"{result['peak_rss_growth_bytes'] / mib:.1f} MiB")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", default=str(DEFAULT_COMFYUI))
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="small")
+    parser.add_argument("--size", type=int, default=512, help="square image side in pixels (multiple of 16)")
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--text-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--partial-fraction", type=float, default=0.5)
+    parser.add_argument("--json", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    result = run(args)
+    print_table(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
