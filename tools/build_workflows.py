@@ -212,17 +212,15 @@ def _loader_note(preset_name):
     )
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
+def _sample_decode_save(graph, models, encode, vae, preset_name, width, height, prefix):
+    """The one-node Sampler on ``models``' cond_model / uncond_model outputs, the pack's VAE Decode, SaveImage."""
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
     sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
     save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
-    graph.link(dit, "cond_model", sampler, "cond_model")
-    graph.link(dit, "uncond_model", sampler, "uncond_model")
+    graph.link(models, "cond_model", sampler, "cond_model")
+    graph.link(models, "uncond_model", sampler, "uncond_model")
     graph.link(encode, "CONDITIONING", sampler, "conditioning")
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
@@ -230,9 +228,14 @@ def one_node_sampler_workflow(preset_name, width, height, prefix):
     return graph.workflow()
 
 
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    graph = Graph()
+    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
+    dit, encode, vae = _loaders(graph)
+    return _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
+
+
 def lora_workflow():
-    preset_name, width, height = "Default 20", 1024, 1024
-    steps, mu, std, guidance = PRESETS[preset_name]
     graph = Graph()
     note = (
         "Ideogram 4 (reference) with a LoRA\n\n"
@@ -248,19 +251,9 @@ def lora_workflow():
     graph.add("Note", (40, -260), (840, 330), note, title="Read me")
     dit, encode, vae = _loaders(graph)
     lora = graph.add("Ideogram4RefLoraLoader", (460, 40), (420, 130), [LORA_FILE, 1.0, 0.0])
-    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
-    save = graph.add("SaveImage", (1620, 120), (520, 560), ["ideogram4/lora"])
     graph.link(dit, "cond_model", lora, "cond_model")
     graph.link(dit, "uncond_model", lora, "uncond_model")
-    graph.link(lora, "cond_model", sampler, "cond_model")
-    graph.link(lora, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
-    graph.link(sampler, "LATENT", decode, "samples")
-    graph.link(vae, "VAE", decode, "vae")
-    graph.link(decode, "IMAGE", save, "images")
-    return graph.workflow()
+    return _sample_decode_save(graph, lora, encode, vae, "Default 20", 1024, 1024, "ideogram4/lora")
 
 
 def native_interop_workflow():

@@ -147,44 +147,36 @@ def add_delta(deltas, module, delta):
         deltas[key] = deltas.get(key, 0) + full
 
 
-def lokr_file(seed=41):
-    """LyCORIS LoKr (SimpleTuner ``lycoris_`` prefix, diffusers module names): w1 full, w2 = w2_a @ w2_b."""
+def lycoris_file(seed, factors_of):
+    """A LyCORIS file (SimpleTuner ``lycoris_`` prefix, diffusers module names) on :data:`LYCORIS_MODULES` and its
+    hand-computed weight changes; ``factors_of(generator, out, in)`` -> ({parameter: tensor}, weight change)."""
     shapes = {key: value.shape for key, value in base_weights().items()}
     generator = torch.Generator().manual_seed(seed)
     tensors, deltas = {}, {}
     for module in LYCORIS_MODULES:
         key, third = official_target(module)
-        out_features = shapes[key][0] // (3 if third is not None else 1)
-        in_features = shapes[key][1]
-        w1 = torch.randn(4, 4, generator=generator) * 0.5
-        w2_a = torch.randn(out_features // 4, 2, generator=generator) / 2 ** 0.5
-        w2_b = torch.randn(2, in_features // 4, generator=generator) / (in_features // 4) ** 0.5
+        factors, delta = factors_of(generator, shapes[key][0] // (1 if third is None else 3), shapes[key][1])
         stem = "lycoris_" + module.replace(".", "_")
-        tensors.update({f"{stem}.lokr_w1": w1, f"{stem}.lokr_w2_a": w2_a, f"{stem}.lokr_w2_b": w2_b,
-                        f"{stem}.alpha": torch.tensor(1.5)})
-        add_delta(deltas, module, torch.kron(w1, w2_a @ w2_b) * (1.5 / 2))
+        tensors.update({f"{stem}.{name}": value for name, value in factors.items()})
+        add_delta(deltas, module, delta)
     return tensors, deltas
 
 
-def loha_file(seed=42):
-    """LyCORIS LoHa: (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank."""
-    shapes = {key: value.shape for key, value in base_weights().items()}
-    generator = torch.Generator().manual_seed(seed)
-    tensors, deltas = {}, {}
-    for module in LYCORIS_MODULES:
-        key, third = official_target(module)
-        out_features = shapes[key][0] // (3 if third is not None else 1)
-        in_features = shapes[key][1]
-        factors = [torch.randn(out_features, 3, generator=generator) / 3 ** 0.25,
-                   torch.randn(3, in_features, generator=generator) / (3 * in_features) ** 0.25,
-                   torch.randn(out_features, 3, generator=generator) / 3 ** 0.25,
-                   torch.randn(3, in_features, generator=generator) / (3 * in_features) ** 0.25]
-        stem = "lycoris_" + module.replace(".", "_")
-        for name, value in zip(("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), factors):
-            tensors[f"{stem}.{name}"] = value
-        tensors[f"{stem}.alpha"] = torch.tensor(2.0)
-        add_delta(deltas, module, (factors[0] @ factors[1]) * (factors[2] @ factors[3]) * (2.0 / 3))
-    return tensors, deltas
+def lokr_factors(generator, out_features, in_features):
+    """LoKr, w1 full and w2 = w2_a @ w2_b of rank 2: kron(w1, w2) * alpha / rank."""
+    w1 = torch.randn(4, 4, generator=generator) * 0.5
+    w2_a = torch.randn(out_features // 4, 2, generator=generator) / 2 ** 0.5
+    w2_b = torch.randn(2, in_features // 4, generator=generator) / (in_features // 4) ** 0.5
+    factors = {"lokr_w1": w1, "lokr_w2_a": w2_a, "lokr_w2_b": w2_b, "alpha": torch.tensor(1.5)}
+    return factors, torch.kron(w1, w2_a @ w2_b) * (1.5 / 2)
+
+
+def loha_factors(generator, out_features, in_features):
+    """LoHa of rank 3: (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / rank."""
+    w1_a, w2_a = (torch.randn(out_features, 3, generator=generator) / 3 ** 0.25 for _ in range(2))
+    w1_b, w2_b = (torch.randn(3, in_features, generator=generator) / (3 * in_features) ** 0.25 for _ in range(2))
+    factors = {"hada_w1_a": w1_a, "hada_w1_b": w1_b, "hada_w2_a": w2_a, "hada_w2_b": w2_b, "alpha": torch.tensor(2.0)}
+    return factors, (w1_a @ w1_b) * (w2_a @ w2_b) * (2.0 / 3)
 
 
 def diff_file(seed=43):
@@ -262,7 +254,9 @@ def write_lora_files(loras: pathlib.Path) -> dict:
     save_file(kohya_dora, str(loras / "dora_kohya.safetensors"))
     cases["dora_kohya"] = {"lora": "dora_peft.safetensors"}
 
-    for name, build in (("lokr", lokr_file), ("loha", loha_file), ("diff", diff_file)):
+    builds = {"lokr": lambda: lycoris_file(41, lokr_factors), "loha": lambda: lycoris_file(42, loha_factors),
+              "diff": diff_file}
+    for name, build in builds.items():
         tensors, deltas = build()
         save_file(tensors, str(loras / f"{name}.safetensors"))
         save_file(merged(deltas), str(loras / f"{name}_merged_oracle.safetensors"))
@@ -455,22 +449,29 @@ def test_partial_loading_under_a_memory_cap_gives_the_same_latent(host, pair, mo
 
     full = sample()
     comfy.model_management.unload_all_models()
-    cap = int(patched_cond.model_size() * 0.35)
+    # A CPU host always loads whole; the DiTs are loaded here as ComfyUI loads a model that does not fit (a
+    # partial load of a third of each), and the other models as usual.
     original = comfy.model_management.load_models_gpu
-    partial_loads = []
+    dits = (patched_cond, patched_uncond)
+    streamed_layers = []
 
     def capped(models_to_load, *args, **kwargs):
         for patcher in models_to_load:
-            if patcher in (patched_cond, patched_uncond):
-                patcher.load(torch.device("cpu"), lowvram_model_memory=cap)
-                partial_loads.append(patcher.model.model_lowvram)
-        return original(models_to_load, *args, **kwargs)
+            if patcher in dits:
+                patcher.load(torch.device("cpu"), lowvram_model_memory=int(patcher.model_size() * 0.35))
+                assert patcher.model.model_lowvram
+                streamed_layers.append(sum(hasattr(m, "prev_comfy_cast_weights")
+                                           for m in patcher.model.diffusion_model.modules()))
+        return original([patcher for patcher in models_to_load if patcher not in dits], *args, **kwargs)
 
     monkeypatch.setattr(comfy.model_management, "load_models_gpu", capped)
-    streamed = sample()
-    monkeypatch.undo()
-    comfy.model_management.unload_all_models()
-    assert partial_loads and all(partial_loads)
+    try:
+        streamed = sample()
+    finally:
+        monkeypatch.undo()
+        for patcher in dits:
+            patcher.detach()
+    assert len(streamed_layers) == 2 and all(count > 0 for count in streamed_layers)
     assert torch.allclose(streamed, full, atol=1e-6, rtol=0)
 
 
