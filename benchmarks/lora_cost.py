@@ -10,10 +10,10 @@ conditional model by the pack's LoRA Loader. ComfyUI loads each pair with ``load
 are de-quantised and patched each time they run, so the weights stay fp8 in memory. Reported:
 
 * step seconds (one conditional + one unconditional forward, one ``--text-tokens`` prompt), median of
-  ``--repeats`` after ``--warmup``, without the LoRA, with it fully loaded, and with it under a memory cap that
+  ``--repeats`` rounds in which the cases take turns (after ``--warmup`` steps), without the LoRA, with it fully loaded, and with it under a memory cap that
   leaves ``--partial-fraction`` of the model resident (the rest streamed);
 * the bytes the LoRA's patch tensors hold, the bytes of the model's stored weights, and the growth of the
-  process's peak resident memory over the LoRA steps (after the no-LoRA steps set the first peak).
+  process's peak resident memory over the timed steps (after a no-LoRA warm-up set the first peak).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def run(args) -> dict:
     z = torch.randn((1, grid * grid, config.in_channels), generator=generator)
     features = torch.randn((1, args.text_tokens, config.llm_features_dim), generator=generator)
 
-    def steps(cond_patcher, memory_fraction=None):
+    def step(cond_patcher, memory_fraction, timed_steps):
+        """Load the pair (whole, or ``memory_fraction`` of each resident), then run the steps; seconds of each."""
         comfy.model_management.unload_all_models()
         for patcher in (cond_patcher, uncond):
             if memory_fraction is None:
@@ -103,22 +104,26 @@ def run(args) -> dict:
                 patcher.load(torch.device("cpu"), lowvram_model_memory=int(patcher.model_size() * memory_fraction))
         seconds = []
         with torch.no_grad():
-            for index in range(args.warmup + args.repeats):
+            for _ in range(timed_steps):
                 start = time.perf_counter()
                 conditional_velocity(cond_patcher.model.diffusion_model, z, MODEL_TIME, features, None, grid, grid,
                                      dtype=torch.float32)
                 unconditional_velocity(uncond.model.diffusion_model, z, MODEL_TIME, grid, grid, dtype=torch.float32)
-                if index >= args.warmup:
-                    seconds.append(time.perf_counter() - start)
+                seconds.append(time.perf_counter() - start)
         if memory_fraction is not None:
             for patcher in (cond_patcher, uncond):
                 patcher.detach()
-        return statistics.median(seconds), seconds
+        return seconds
 
-    base_seconds, base_all = steps(cond)
-    peak_before = peak_rss_bytes()
-    lora_seconds, lora_all = steps(lora_cond)
-    partial_seconds, partial_all = steps(lora_cond, args.partial_fraction)
+    cases = {"no LoRA": (cond, None), "LoRA, full load": (lora_cond, None),
+             f"LoRA, {args.partial_fraction:.0%} resident": (lora_cond, args.partial_fraction)}
+    step(cond, None, args.warmup)
+    peak_before = peak_rss_bytes()  # the no-LoRA warm-up sets the first peak
+    # The cases take turns, one timed step each per round, so a change in the machine's load hits them alike.
+    timings = {case: [] for case in cases}
+    for _ in range(args.repeats):
+        for case, (cond_patcher, fraction) in cases.items():
+            timings[case] += step(cond_patcher, fraction, 1)
     peak_after = peak_rss_bytes()
     comfy.model_management.unload_all_models()
 
@@ -134,9 +139,8 @@ def run(args) -> dict:
     return {
         "config": args.config, "size": args.size, "rank": args.rank, "text_tokens": args.text_tokens,
         "threads": args.threads, "patched_weights": len(lora_cond.patches),
-        "step_seconds": {"no LoRA": base_seconds, "LoRA, full load": lora_seconds,
-                         f"LoRA, {args.partial_fraction:.0%} resident": partial_seconds},
-        "step_seconds_all": {"no LoRA": base_all, "LoRA, full load": lora_all, "LoRA, partial": partial_all},
+        "step_seconds": {case: statistics.median(seconds) for case, seconds in timings.items()},
+        "step_seconds_all": timings,
         "lora_patch_bytes": patch_bytes, "model_stored_bytes": stored_bytes,
         "peak_rss_growth_bytes": peak_after - peak_before,
     }
@@ -151,7 +155,7 @@ def print_table(result: dict) -> None:
         print(f"| {case} | {seconds:.3f} | {seconds / base:.2f} |")
     mib = 2 ** 20
     print(f"LoRA patch tensors {result['lora_patch_bytes'] / mib:.1f} MiB; model stored weights (cond) "
-          f"{result['model_stored_bytes'] / mib:.1f} MiB; peak RSS growth over the LoRA steps "
+          f"{result['model_stored_bytes'] / mib:.1f} MiB; peak RSS growth over the timed steps "
           f"{result['peak_rss_growth_bytes'] / mib:.1f} MiB")
 
 
