@@ -64,6 +64,7 @@ from .quantization import (
     dequantize_fp8_rowwise,
     parse_comfy_quant,
 )
+from .weight_files import describe_model_kind
 from .safetensors_io import (
     CheckpointError,
     SafetensorsSource,
@@ -102,9 +103,10 @@ _QUANT_SIDECARS = (".weight_scale", ".input_scale", ".comfy_quant", ".weight_sca
 # ``.weight.quant_state.bitsandbytes__nf4`` (double quantisation adds ``.weight.nested_*``, not read).
 _BNB_SIDECARS = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
 _BNB_STATE = ".quant_state."
-# general.architecture values of GGUF language models: a text encoder picked in the DiT Loader.
-_LANGUAGE_MODEL_ARCHITECTURES = ("llama", "qwen2", "qwen2vl", "qwen3", "qwen3vl", "qwen3moe", "t5", "t5encoder",
-                                 "gemma", "gemma2", "gemma3", "mistral", "phi3")
+# ComfyUI quantisation formats the pack hands to ComfyUI's own quantised layers (comfy.quant_ops), with how a
+# stored weight's columns relate to the layer's inputs (nvfp4 packs two 4-bit values per byte).
+COMFY_NATIVE_FORMATS = {"int8_tensorwise": 1, "nvfp4": 2}
+_COMFY_LAYER_SIDECARS = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", ".pre_quant_scale")
 _DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention)\.to_([qkv])\.weight$")
 _DIFFUSERS_OUT = re.compile(r"^(layers\.\d+\.attention)\.to_out\.0\.weight$")
 _LAYER_INDEX = re.compile(r"^layers\.(\d+)\.")
@@ -188,11 +190,15 @@ class _Quant:
     absmax_key: str | None = None
     quant_map_key: str | None = None
     blocksize: int = 64
+    comfy_format: str | None = None  # the comfy_quant "format" of a ComfyUI-quantised layer
+    comfy_keys: tuple[str, ...] = ()  # that layer's sidecars (comfy_quant, scales), passed on to ComfyUI's layer
 
     @property
     def extra_keys(self) -> tuple[str, ...]:
         """Sidecars read with the weight itself (large ones: nf4 absmax is 1/16 of the weight's bytes)."""
-        return (self.absmax_key, self.quant_map_key) if self.kind == "nf4" else ()
+        if self.kind == "nf4":
+            return (self.absmax_key, self.quant_map_key)
+        return self.comfy_keys
 
 
 @dataclass(frozen=True)
@@ -215,33 +221,12 @@ class _Plan:
     config: DiTConfig | None = None
     config_source: str = ""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # True when a layer uses a ComfyUI quantisation the core does not de-quantise (int8, nvfp4): the file's
+    # ComfyUI-quantised layers then all go to ComfyUI's own quantised layers (comfy.quant_ops).
+    comfy_native: bool = False
 
     def error(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.file_label}: {what} {SUPPORTED_LAYOUTS}")
-
-
-def _describe_foreign(keys: list[str]) -> str:
-    """What a state dict that is not an Ideogram 4 DiT looks like, for the error message."""
-    text = "\n".join(keys)
-    sample = ", ".join(keys[:3])
-    if "input_blocks." in text or "middle_block." in text:
-        return f"a Stable Diffusion / SDXL UNet (keys like {sample}), not an Ideogram 4 DiT"
-    if "double_blocks." in text and "single_blocks." in text:
-        return f"a FLUX transformer (double_blocks/single_blocks keys like {sample}), not an Ideogram 4 DiT"
-    if "joint_blocks." in text:
-        return f"an SD3 MMDiT (joint_blocks keys like {sample}), not an Ideogram 4 DiT"
-    if "self_attn.q_proj" in text or "embed_tokens" in text:
-        return (f"a text encoder / language model (keys like {sample}); load it with the Ideogram 4 text encoder "
-                "loader instead")
-    if any(marker in text for marker in ("decoder.conv_in", "encoder.conv_in", "post_quant_conv", "decoder.up.",
-                                         "decoder.up_blocks")):
-        return f"a VAE / autoencoder (keys like {sample}); load it with a VAE loader instead"
-    if "lora_A" in text or "lora_down" in text or "lora_B" in text or "lora_up" in text:
-        return f"a LoRA (keys like {sample}); apply it with a LoRA loader, it is not a full model"
-    if ".attention.qkv." in text or ".attention.to_q." in text:
-        return (f"Ideogram 4-style transformer blocks, but {MARKER_KEY} is missing, so the file is incomplete "
-                f"(keys like {sample})")
-    return f"an unrecognised state dict ({len(keys)} tensors, keys like {sample})"
 
 
 def _detect_prefix(keys: dict, label: str) -> str | None:
@@ -349,12 +334,15 @@ def _quant_for(plan_label, source, local, name, dtype, shape, comfy, comfy_scale
     if layer is not None and layer in comfy:
         fmt = comfy[layer].get("format")
         storage = COMFY_FP8_FORMATS.get(fmt)
+        comfy_keys = tuple(local[layer + suffix] for suffix in _COMFY_LAYER_SIDECARS if layer + suffix in local)
         if storage is None:
-            raise CheckpointError(
-                f"{plan_label}: layer {layer!r} uses ComfyUI quantisation format {fmt!r}, which this loader does not "
-                "de-quantise (only float8_e4m3fn / float8_e5m2 per-tensor). Use the *_fp8_scaled file, or load this "
-                f"file with ComfyUI's native Load Diffusion Model node. {SUPPORTED_LAYOUTS}"
-            )
+            if fmt not in COMFY_NATIVE_FORMATS:
+                raise CheckpointError(
+                    f"{plan_label}: layer {layer!r} uses ComfyUI quantisation format {fmt!r}, which this pack does not "
+                    f"read (it reads float8_e4m3fn, float8_e5m2 and, through ComfyUI's own quantised layers, "
+                    f"{', '.join(COMFY_NATIVE_FORMATS)}). Use ideogram4_fp8_scaled.safetensors or a GGUF file. "
+                    f"{SUPPORTED_LAYOUTS}")
+            return _Quant("comfy", comfy_format=fmt, comfy_keys=comfy_keys)
         if FP8_HEADER_DTYPES.get(dtype) != storage:
             raise CheckpointError(
                 f"{plan_label}: layer {layer!r} is marked {fmt!r} by comfy_quant but its weight is stored as {dtype}."
@@ -368,7 +356,7 @@ def _quant_for(plan_label, source, local, name, dtype, shape, comfy, comfy_scale
                 f"{plan_label}: {scale_key!r} should be a single per-tensor scale for comfy_quant format {fmt!r}, "
                 f"found shape {list(scale_shape)}."
             )
-        return _Quant("per_tensor", scale_key, comfy_inputs.get(layer))
+        return _Quant("per_tensor", scale_key, comfy_inputs.get(layer), comfy_format=fmt, comfy_keys=comfy_keys)
 
     scale_key = local.get(layer + ".weight_scale") if layer is not None else None
     if dtype not in FP8_HEADER_DTYPES:
@@ -401,6 +389,10 @@ def _numel(shape) -> int:
 def _layout_name(is_diffusers: bool, parts: list[_Part], sharded: bool) -> str:
     kinds = {part.quant.kind for part in parts if part.quant is not None}
     gguf_types = sorted({part.dtype for part in parts if part.quant is not None and part.quant.kind == "gguf"})
+    comfy_formats = sorted({part.quant.comfy_format for part in parts if part.quant is not None
+                            and part.quant.kind == "comfy"})
+    if comfy_formats:
+        return "comfy-" + "+".join(comfy_formats) + ("+sharded" if sharded else "")
     if gguf_types:
         return ("diffusers" if is_diffusers else "official") + "-gguf-" + "+".join(gguf_types)
     if "nf4" in kinds:
@@ -437,16 +429,9 @@ def _plan_dit(path) -> _Plan:
     keys = source.entries
     prefix = _detect_prefix(keys, label)
     if prefix is None:
-        architecture = getattr(source, "architecture", None)
-        if architecture in _LANGUAGE_MODEL_ARCHITECTURES:
-            raise CheckpointError(
-                f"{label}: this is a GGUF language model (general.architecture {architecture!r}), not an Ideogram 4 "
-                "DiT; a Qwen3-VL GGUF goes in models/text_encoders and the Ideogram 4 Text Encoder Loader. "
-                f"{SUPPORTED_LAYOUTS}")
-        found = f"a GGUF file of architecture {architecture!r} with " if architecture else ""
         raise CheckpointError(
-            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like {found}"
-            f"{_describe_foreign(list(keys))}. {SUPPORTED_LAYOUTS}"
+            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like "
+            f"{describe_model_kind(keys, getattr(source, 'architecture', None))}. {SUPPORTED_LAYOUTS}"
         )
     local = {key[len(prefix):]: key for key in keys if key.startswith(prefix)}
 
@@ -472,6 +457,8 @@ def _plan_dit(path) -> _Plan:
             quant, shape = _nf4_quant(label, source, local, name)
         else:
             quant = _quant_for(label, source, local, name, dtype, tuple(shape), comfy, comfy_scales, comfy_inputs)
+            if quant is not None and quant.kind == "comfy":
+                shape = (*shape[:-1], shape[-1] * COMFY_NATIVE_FORMATS[quant.comfy_format])
         part = _Part(full, dtype, tuple(shape), quant)
         qkv = _DIFFUSERS_QKV.match(name)
         out = _DIFFUSERS_OUT.match(name)
@@ -497,6 +484,7 @@ def _plan_dit(path) -> _Plan:
         prefix=prefix,
         entries={key: tuple(parts) for key, parts in entries.items()},
         layout=_layout_name(is_diffusers, all_parts, source.sharded),
+        comfy_native=any(part.quant is not None and part.quant.kind == "comfy" for part in all_parts),
     )
     plan.shapes = {key: _logical_shape(plan, key) for key in plan.entries}
     plan.config, plan.config_source = _resolve_config(plan)
@@ -647,6 +635,9 @@ def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_quantized: bool
             extras.append({extra: next(stored)[1] for extra in (part.quant.extra_keys if part.quant else ())})
         kinds = {part.quant.kind if part.quant else None for part in parts}
         layer = key[: -len(".weight")]
+        if plan.comfy_native and any(part.quant is not None and part.quant.comfy_format for part in parts):
+            _pass_to_comfy(plan, key, parts, tensors, extras, keep_quantized, state_dict, quantized)
+            continue
         if keep_quantized and _is_linear_weight(key) and len({t.dtype for t in tensors}) == 1:
             if kinds <= {"rowwise", "per_tensor", "unscaled"}:
                 state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
@@ -674,6 +665,22 @@ def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_quantized: bool
         ]
         state_dict[key] = torch.cat(converted) if len(converted) > 1 else converted[0]
     return state_dict, quantized
+
+
+def _pass_to_comfy(plan: _Plan, key: str, parts, tensors, extras, keep_quantized: bool, state_dict: dict,
+                   quantized: dict) -> None:
+    """A ComfyUI-quantised layer of a file ComfyUI's quantised layers must read: its weight and sidecars as stored,
+    under the layer's official name."""
+    fmt = parts[0].quant.comfy_format
+    if not keep_quantized or len(parts) != 1:
+        raise plan.error(f"layer {key[: -len('.weight')]!r} is stored in ComfyUI's {fmt!r} format, which only "
+                         "ComfyUI's own quantised layers de-quantise: load this file with weight_dtype default (the "
+                         "weights stay as stored), or use ideogram4_fp8_scaled.safetensors.")
+    layer = key[: -len(".weight")]
+    state_dict[key] = tensors[0]
+    for full, tensor in extras[0].items():
+        state_dict[layer + full[full.rindex("."):]] = tensor
+    quantized[layer] = QuantizedWeight("comfy", plan.shapes[key], comfy_format=fmt)
 
 
 def _nf4_concatenates(parts) -> bool:

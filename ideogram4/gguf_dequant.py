@@ -40,6 +40,8 @@ import math
 
 import torch
 
+from .blockwise import dequantize_blockwise
+
 QK_K = 256
 
 # ggml's type numbers (gguf.GGMLQuantizationType); the gguf package is not needed to import the core.
@@ -91,16 +93,11 @@ def _foreign_name(qtype: int) -> str:
         return "unknown to this module"
 
 
-# --- bit unpacking helpers (uint8 in, uint8 out; all on raw's device) ---
+# --- reading fields of the blocks (on the blocks' device) ---
 
 def _fp16_field(blocks: torch.Tensor, offset: int) -> torch.Tensor:
     """The little-endian fp16 at byte ``offset`` of every block, as float32 of shape (n_blocks, 1)."""
     return blocks[:, offset:offset + 2].contiguous().view(torch.float16).to(torch.float32)
-
-
-def _shifts(step: int, count: int, device: torch.device) -> torch.Tensor:
-    """Right-shift amounts 0, step, 2*step, ... as uint8 (built on the device: no host-to-device copy)."""
-    return torch.arange(0, step * count, step, dtype=torch.uint8, device=device)
 
 
 def _split_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
@@ -108,58 +105,52 @@ def _split_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
 
     ggml packs a run of ``m`` consecutive weights into the lowest bits of ``m`` bytes, the next run into the next
     bits of the same bytes, and so on; keeping the field axis before the byte axis restores weight order.
+    (One shift per field, then one mask: faster on the CPU than a broadcast shift over short rows.)
     """
-    fields = 8 // bits
-    shifts = _shifts(bits, fields, packed.device).view(fields, 1)
-    return (packed.unsqueeze(-2) >> shifts) & ((1 << bits) - 1)
-
-
-def _low_high_nibbles(packed: torch.Tensor) -> torch.Tensor:
-    """(n, k, m) bytes -> (n, k, 2, m) nibbles: the low nibbles of the ``m`` bytes, then their high nibbles."""
-    return _split_bits(packed, 4)
+    fields = torch.stack([packed >> shift for shift in range(0, 8, bits)], dim=-2)
+    return fields.bitwise_and_((1 << bits) - 1)
 
 
 # --- one function per format: (n_blocks, bytes_per_block) uint8 -> (n_blocks, elements_per_block) float32 ---
 
 def _dequantize_q8_0(blocks: torch.Tensor) -> torch.Tensor:
     d = _fp16_field(blocks, 0)
-    q = blocks[:, 2:].view(torch.int8).to(torch.float32)
-    return q.mul_(d)
+    return torch.mul(blocks[:, 2:].view(torch.int8), d)
 
 
 def _dequantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     d = _fp16_field(blocks, 0)
-    q = _low_high_nibbles(blocks[:, 2:].view(n, 1, 16)).view(n, 32)
-    return q.view(torch.int8).sub(8).to(torch.float32).mul_(d)
+    q = _split_bits(blocks[:, 2:].view(n, 1, 16), 4).view(n, 32)
+    return torch.mul(q.view(torch.int8).sub_(8), d)
 
 
 def _dequantize_q4_1(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     d, m = _fp16_field(blocks, 0), _fp16_field(blocks, 2)
-    q = _low_high_nibbles(blocks[:, 4:].view(n, 1, 16)).view(n, 32)
-    return q.to(torch.float32).mul_(d).add_(m)
+    q = _split_bits(blocks[:, 4:].view(n, 1, 16), 4).view(n, 32)
+    return torch.mul(q, d).add_(m)
 
 
 def _five_bit_codes(high_word: torch.Tensor, nibbles: torch.Tensor) -> torch.Tensor:
     """Q5_0/Q5_1 codes 0..31: bit ``i`` of the little-endian 32-bit word ``high_word`` (4 bytes) is bit 4 of
     weight ``i``; byte ``b`` holds the bits of weights ``8b .. 8b+7``, lowest bit first."""
     n = nibbles.shape[0]
-    low = _low_high_nibbles(nibbles.view(n, 1, 16)).view(n, 32)
+    low = _split_bits(nibbles.view(n, 1, 16), 4).view(n, 32)
     high = _split_bits(high_word.unsqueeze(-1), 1).view(n, 32)
-    return low | (high << 4)
+    return low.bitwise_or_(high.bitwise_left_shift_(4))
 
 
 def _dequantize_q5_0(blocks: torch.Tensor) -> torch.Tensor:
     d = _fp16_field(blocks, 0)
     q = _five_bit_codes(blocks[:, 2:6], blocks[:, 6:])
-    return q.view(torch.int8).sub(16).to(torch.float32).mul_(d)
+    return torch.mul(q.view(torch.int8).sub_(16), d)
 
 
 def _dequantize_q5_1(blocks: torch.Tensor) -> torch.Tensor:
     d, m = _fp16_field(blocks, 0), _fp16_field(blocks, 2)
     q = _five_bit_codes(blocks[:, 4:8], blocks[:, 8:])
-    return q.to(torch.float32).mul_(d).add_(m)
+    return torch.mul(q, d).add_(m)
 
 
 def _dequantize_q2_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -171,7 +162,7 @@ def _dequantize_q2_k(blocks: torch.Tensor) -> torch.Tensor:
     ml = (dmin * (scales >> 4).to(torch.float32)).view(n, 16, 1)
     # 2-bit codes: two halves of 128 weights, each 32 bytes; field s of byte j is weight 32 s + j of the half.
     q = _split_bits(blocks[:, 16:80].view(n, 2, 32), 2).reshape(n, 16, 16)
-    return q.to(torch.float32).mul_(dl).sub_(ml).view(n, QK_K)
+    return torch.mul(q, dl).sub_(ml).view(n, QK_K)
 
 
 def _dequantize_q3_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -180,7 +171,7 @@ def _dequantize_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     d = _fp16_field(blocks, 108)
     # 16 six-bit scales: low 4 bits are the nibbles of bytes 0..7 (low nibbles = scales 0..7, high = 8..15),
     # high 2 bits are the 2-bit fields of bytes 8..11 (field s of byte j = scale 4 s + j).
-    low = _low_high_nibbles(packed_scales[:, :8].view(n, 1, 8)).reshape(n, 16)
+    low = _split_bits(packed_scales[:, :8].view(n, 1, 8), 4).reshape(n, 16)
     high = _split_bits(packed_scales[:, 8:].view(n, 1, 4), 2).reshape(n, 16)
     scales = (low | (high << 4)).view(torch.int8).sub(32).to(torch.float32)
     dl = (d * scales).view(n, 16, 1)
@@ -188,8 +179,8 @@ def _dequantize_q3_k(blocks: torch.Tensor) -> torch.Tensor:
     # subtracts 4 (ggml stores the high bit inverted).
     q_low = _split_bits(qs.view(n, 2, 32), 2).reshape(n, 16, 16)
     q_high = _split_bits(hmask.view(n, 1, 32), 1).reshape(n, 16, 16)
-    q = q_low.view(torch.int8) - ((q_high ^ 1) << 2).view(torch.int8)
-    return q.to(torch.float32).mul_(dl).view(n, QK_K)
+    q = q_low.view(torch.int8).sub_(q_high.bitwise_xor_(1).bitwise_left_shift_(2).view(torch.int8))
+    return torch.mul(q, dl).view(n, QK_K)
 
 
 def _k_scales_and_mins(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,18 +207,18 @@ def _dequantize_q4_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     dl, ml = _k_scale_terms(blocks)
     # Four runs of 32 bytes; low nibbles are sub-block 2 r, high nibbles sub-block 2 r + 1.
-    q = _low_high_nibbles(blocks[:, 16:].view(n, 4, 32)).view(n, 8, 32)
-    return q.to(torch.float32).mul_(dl).sub_(ml).view(n, QK_K)
+    q = _split_bits(blocks[:, 16:].view(n, 4, 32), 4).view(n, 8, 32)
+    return torch.mul(q, dl).sub_(ml).view(n, QK_K)
 
 
 def _dequantize_q5_k(blocks: torch.Tensor) -> torch.Tensor:
     n = blocks.shape[0]
     dl, ml = _k_scale_terms(blocks)
-    low = _low_high_nibbles(blocks[:, 48:].view(n, 4, 32)).view(n, 8, 32)
+    low = _split_bits(blocks[:, 48:].view(n, 4, 32), 4).view(n, 8, 32)
     # Bit s of high-bit byte j is bit 4 of weight j of sub-block s.
     high = _split_bits(blocks[:, 16:48].view(n, 1, 32), 1).view(n, 8, 32)
-    q = low | (high << 4)
-    return q.to(torch.float32).mul_(dl).sub_(ml).view(n, QK_K)
+    q = low.bitwise_or_(high.bitwise_left_shift_(4))
+    return torch.mul(q, dl).sub_(ml).view(n, QK_K)
 
 
 def _dequantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -238,10 +229,10 @@ def _dequantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     dl = (d * scales).view(n, 16, 1)
     # Two halves of 128 weights. Low 4 bits: 64 bytes per half, low nibbles are weights 0..63 of the half, high
     # nibbles 64..127. High 2 bits: 32 bytes per half, field s of byte j is weight 32 s + j of the half.
-    low = _low_high_nibbles(ql.view(n, 2, 64)).view(n, 8, 32)
+    low = _split_bits(ql.view(n, 2, 64), 4).view(n, 8, 32)
     high = _split_bits(qh.view(n, 2, 32), 2).view(n, 8, 32)
-    q = (low | (high << 4)).view(torch.int8).sub(32)
-    return q.to(torch.float32).view(n, 16, 16).mul_(dl).view(n, QK_K)
+    q = low.bitwise_or_(high.bitwise_left_shift_(4)).view(torch.int8).sub_(32)
+    return torch.mul(q.view(n, 16, 16), dl).view(n, QK_K)
 
 
 _BLOCK_DEQUANTIZERS = {
@@ -262,7 +253,8 @@ def dequantize_gguf(raw: torch.Tensor, qtype: int, shape: tuple[int, ...], dtype
     shape: the logical shape in PyTorch order, e.g. ``(out_features, in_features)`` (GGUF lists dims reversed).
     dtype: the floating dtype of the result.
     Returns a tensor of ``shape`` and ``dtype`` on ``raw.device``: the float32 de-quantisation, rounded once to
-    ``dtype``.
+    ``dtype``. When the stored type already is ``dtype`` (F32 as float32, F16 as float16, BF16 as bfloat16) the
+    result is ``raw`` reinterpreted, sharing its memory (a memory-mapped file's pages, say): do not write to it.
     """
     qtype = int(qtype)
     elements_per_block, bytes_per_block = gguf_block_layout(qtype)
@@ -284,4 +276,4 @@ def dequantize_gguf(raw: torch.Tensor, qtype: int, shape: tuple[int, ...], dtype
     if qtype in _PLAIN_DTYPES:
         return flat.view(_PLAIN_DTYPES[qtype]).to(dtype).view(shape)
     blocks = flat.view(-1, bytes_per_block)
-    return _BLOCK_DEQUANTIZERS[qtype](blocks).to(dtype).view(shape)
+    return dequantize_blockwise(blocks, elements_per_block, dtype, _BLOCK_DEQUANTIZERS[qtype]).view(shape)

@@ -27,6 +27,7 @@ from .safetensors_io import CheckpointError
 GGUF_MAGIC = b"GGUF"
 # GGML types that hold plain values (read as float tensors); every other supported type is block-quantised.
 PLAIN_GGUF_TYPES = ("F32", "F16", "BF16")
+GGUF_BLOCK_TYPES = tuple(name for name in GGUF_QTYPE_NAMES.values() if name not in PLAIN_GGUF_TYPES)
 _INSTALL_HINT = "install the pack's requirements (pip install gguf) into ComfyUI's Python"
 
 

@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from .blockwise import dequantize_blockwise
+
 # The 16 NormalFloat-4 levels, in code order 0..15. Source: QLoRA (Dettmers et al. 2023, arXiv:2305.14314,
 # appendix E) as hard-coded in bitsandbytes (`functional.get_4bit_type("nf4")`). Definition: 8 quantiles of the
 # standard normal at probabilities linspace(0.9677083, 0.5, 9)[:-1], 7 negated ones at linspace(0.9677083, 0.5,
@@ -79,13 +81,25 @@ def dequantize_nf4(
     byte_values = torch.arange(256, dtype=torch.int32, device=device)
     pair_table = torch.stack(
         [code.index_select(0, byte_values >> 4), code.index_select(0, byte_values & 0xF)], dim=-1)
-    values = pair_table.index_select(0, packed.reshape(-1).to(torch.int32)).view(-1)
-    scales = absmax.reshape(-1).to(device=device, dtype=torch.float32)
-    padded = n_blocks * blocksize
-    if values.numel() != padded:  # a short last block (or the unused nibble of an odd count)
-        values = torch.nn.functional.pad(values[:n], (0, padded - n))
-    values = values.view(n_blocks, blocksize).mul_(scales.view(n_blocks, 1))
-    return values.view(-1)[:n].to(dtype).view(shape)
+    scales = absmax.reshape(n_blocks, 1).to(device=device, dtype=torch.float32)
+    flat = packed.reshape(-1)
+    if blocksize % 2 or n % blocksize:
+        # A block boundary inside a byte, or a short last block: pad the codes to whole blocks (rare layouts).
+        codes = torch.cat([_unpack_codes(flat), flat.new_zeros(n_blocks * blocksize - 2 * flat.numel())])
+        values = code.index_select(0, codes.to(torch.int32)).view(n_blocks, blocksize).mul_(scales)
+        return values.view(-1)[:n].to(dtype).view(shape)
+
+    def dequantize_blocks(block_bytes: torch.Tensor, block_scales: torch.Tensor) -> torch.Tensor:
+        values = pair_table.index_select(0, block_bytes.reshape(-1).to(torch.int32))
+        return values.view(block_scales.shape[0], blocksize).mul_(block_scales)
+
+    blocks = flat.view(n_blocks, blocksize // 2)
+    return dequantize_blockwise(blocks, blocksize, dtype, dequantize_blocks, scales).view(shape)
+
+
+def _unpack_codes(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 bytes -> their 4-bit codes, high nibble first."""
+    return torch.stack([packed >> 4, packed & 0xF], dim=-1).view(-1)
 
 
 def parse_bnb_quant_state(blob: torch.Tensor) -> dict:

@@ -172,13 +172,16 @@ class QuantizedWeight:
     * ``"gguf"``: the GGML block bytes, uint8 ``(rows, bytes per row)``, of type ``qtype``
       (:func:`ideogram4.gguf_dequant.dequantize_gguf`);
     * ``"nf4"``: bitsandbytes NF4 bytes + ``weight_absmax`` (one float32 per ``blocksize`` values) and
-      ``weight_quant_map`` (the 16 code values) (:func:`ideogram4.nf4.dequantize_nf4`).
+      ``weight_quant_map`` (the 16 code values) (:func:`ideogram4.nf4.dequantize_nf4`);
+    * ``"comfy"``: a ComfyUI ``comfy_quant`` format (``comfy_format``, e.g. ``"nvfp4"``) that only ComfyUI's own
+      quantised layers (``comfy.quant_ops``) read; the core passes the stored tensors on and never de-quantises them.
     """
 
     kind: str
     shape: tuple[int, ...]
     qtype: int | None = None
     blocksize: int = 64
+    comfy_format: str | None = None
 
     @property
     def sidecars(self) -> tuple[str, ...]:

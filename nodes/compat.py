@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
 
 import comfy.latent_formats
 import comfy.model_patcher
@@ -153,3 +154,27 @@ def inference_dtype(base_model) -> torch.dtype:
     if getter is not None:
         return getter()
     return base_model.manual_cast_dtype or base_model.get_dtype()
+
+
+# The ComfyUI release known to read the Comfy-Org int8_convrot / nvfp4 files through comfy.quant_ops.
+COMFY_QUANT_OPS_VERSION = "0.33"
+
+
+def comfy_quant_formats() -> frozenset[str]:
+    """The ``comfy_quant`` formats this host's own quantised layers read (``comfy.quant_ops.QUANT_ALGOS`` with
+    ``comfy.ops.mixed_precision_ops``); empty on hosts without them."""
+    try:
+        import comfy.quant_ops
+    except ImportError:
+        return frozenset()
+    algos = getattr(comfy.quant_ops, "QUANT_ALGOS", None)
+    if algos is None or not hasattr(comfy.ops, "mixed_precision_ops") or not hasattr(comfy.ops, "pick_operations"):
+        return frozenset()
+    return frozenset(algos)
+
+
+def comfy_quantized_operations(compute_dtype: torch.dtype, load_device):
+    """ComfyUI's own mixed-precision layers, set up for ``load_device`` the way ComfyUI sets them up for a native
+    model whose file carries ``comfy_quant`` entries (formats the device cannot compute natively are emulated)."""
+    config = types.SimpleNamespace(quant_config={"mixed_ops": True})
+    return comfy.ops.pick_operations(None, compute_dtype, load_device, model_config=config)

@@ -19,7 +19,6 @@ import dataclasses
 import logging
 
 import comfy.model_management
-import folder_paths
 import torch
 from comfy_api.latest import io
 
@@ -29,6 +28,7 @@ from ..ideogram4.quantization import QuantizedWeight, quantize_fp8_rowwise, supp
 
 from . import compat
 from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
+from .model_folders import model_file_list, model_file_path
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .settings import CATEGORY
 
@@ -65,14 +65,19 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
                 state[key], state[layer + ".weight_scale"] = quantize_fp8_rowwise(state[key])
 
     config = Ideogram4ModelConfig({"image_model": "ideogram4_reference", "dit_config": checkpoint.config})
-    if quantized:
+    comfy_formats = sorted({spec.comfy_format for spec in quantized.values() if spec.kind == "comfy"})
+    if comfy_formats:
+        # Comfy-Org int8 / nvfp4 files: every ComfyUI-quantised layer goes to ComfyUI's own quantised layers.
+        config.custom_operations = comfy_operations_for(checkpoint.path, comfy_formats, compute_dtype, load_device)
+        config.set_inference_dtype(compute_dtype, compute_dtype)
+    elif quantized:
         config.custom_operations = Ideogram4QuantizedOps
         config.set_inference_dtype(compute_dtype, compute_dtype)
     else:
         stored = state["input_proj.weight"].dtype
         config.set_inference_dtype(stored, None if stored == compute_dtype else compute_dtype)
     model = Ideogram4Model(config)
-    for layer, spec in quantized.items():
+    for layer, spec in ((layer, spec) for layer, spec in quantized.items() if spec.kind != "comfy"):
         make_quantized_layer(model.diffusion_model.get_submodule(layer), spec, state[layer + ".weight"],
                              {name: state[f"{layer}.{name}"] for name in spec.sidecars})
     compat.archive_dtypes(model.diffusion_model)
@@ -85,6 +90,20 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     except ValueError as error:
         raise ValueError(f"Ideogram 4 DiT {checkpoint.path}: {error}") from None
     return patcher
+
+
+def comfy_operations_for(path: str, formats: list[str], compute_dtype: torch.dtype, load_device):
+    """ComfyUI's quantised layers for a file in ComfyUI's ``formats``, or a ValueError saying which ComfyUI reads it
+    and which files work on this one."""
+    missing = [fmt for fmt in formats if fmt not in compat.comfy_quant_formats()]
+    if missing:
+        raise ValueError(
+            f"Ideogram 4 DiT Loader: {path} is stored in ComfyUI's {', '.join(missing)} format, which only ComfyUI's "
+            f"own quantised layers (comfy.quant_ops) read; this ComfyUI lacks them. Update ComfyUI (version "
+            f"{compat.COMFY_QUANT_OPS_VERSION} reads them), or use a file that works here: "
+            "ideogram4_fp8_scaled.safetensors (Comfy-Org), a GGUF (ideogram4-Q8_0.gguf, -Q4_0 ...) or the official "
+            "ideogram-4-fp8 / ideogram-4-nf4 weights.")
+    return compat.comfy_quantized_operations(compute_dtype, load_device)
 
 
 def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
@@ -143,23 +162,24 @@ def enable_fp8_matmul(patchers, load_device, compute_dtype: torch.dtype) -> None
 class DiTLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        files = folder_paths.get_filename_list(MODEL_FOLDER)
+        files = model_file_list(MODEL_FOLDER)
         return io.Schema(
             node_id="Ideogram4RefDiTLoader",
             display_name="Ideogram 4 DiT Loader (reference)",
             category=CATEGORY,
-            description="Loads the conditional and unconditional Ideogram 4 transformers (official, Comfy-Org "
-                        "fp8_scaled, official fp8 or diffusers layout) as two MODELs.",
+            description="Loads the conditional and unconditional Ideogram 4 transformers (official fp8 or nf4, "
+                        "Comfy-Org fp8_scaled, GGUF, or the diffusers layout) as two MODELs.",
             inputs=[
                 io.Combo.Input("cond_model_name", options=files,
-                               tooltip="The conditional transformer in models/diffusion_models, e.g. "
-                                       "ideogram4_fp8_scaled.safetensors."),
+                               tooltip="The conditional transformer in models/diffusion_models (or unet), e.g. "
+                                       "ideogram4_fp8_scaled.safetensors or ideogram4-Q4_0.gguf."),
                 io.Combo.Input("uncond_model_name", options=files,
-                               tooltip="The unconditional transformer in models/diffusion_models, e.g. "
-                                       "ideogram4_unconditional_fp8_scaled.safetensors."),
+                               tooltip="The unconditional transformer in models/diffusion_models (or unet), e.g. "
+                                       "ideogram4_unconditional_fp8_scaled.safetensors or ideogram4_uncond-Q4_0.gguf."),
                 io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default",
-                               tooltip="default: keep fp8 files in fp8 (de-quantised per layer, same result as "
-                                       "bf16), others in the compute dtype. bf16: de-quantise everything once "
+                               tooltip="default: keep quantised files (fp8, GGUF, nf4) quantised, each layer "
+                                       "de-quantised when it runs (fp8: same result as bf16); others in the compute "
+                                       "dtype. bf16: de-quantise everything once "
                                        "(more memory). fp8: store all block weights in fp8 (quantises bf16 files; "
                                        "lossy). fp8_fast: as fp8, and multiply in fp8 on GPUs that can (RTX 40xx, "
                                        "H100 and newer); faster, approximate (not the official bf16 maths). LoRAs "
@@ -181,8 +201,8 @@ class DiTLoader(io.ComfyNode):
     @classmethod
     def execute(cls, cond_model_name: str, uncond_model_name: str, weight_dtype: str = "default",
                 compile_blocks: bool = False) -> io.NodeOutput:
-        cond_path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, cond_model_name)
-        uncond_path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, uncond_model_name)
+        cond_path = model_file_path(MODEL_FOLDER, cond_model_name)
+        uncond_path = model_file_path(MODEL_FOLDER, uncond_model_name)
         cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype)
         if compile_blocks:
             # Lazy: nothing compiles here; each block compiles at its first forward of a new input shape.

@@ -21,28 +21,21 @@ import numpy as np
 import torch
 
 from ideogram4.nf4 import NF4_CODE
+from ideogram4.text_encoder_checkpoint import LLAMA_CPP_GLOBAL_NAMES, LLAMA_CPP_LAYER_NAMES
 
 QK_K = 256
 
-_LLAMA_CPP_LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-
-
 def llama_cpp_text_encoder_names(key: str) -> str:
-    """``layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``; ``embed_tokens.weight`` -> ``token_embd
-    .weight``; ``norm.weight`` -> ``output_norm.weight`` (llama.cpp's tensor names)."""
-    if key == "embed_tokens.weight":
-        return "token_embd.weight"
-    if key == "norm.weight":
-        return "output_norm.weight"
-    match = re.match(r"layers\.(\d+)\.(.+)\.(weight|bias)$", key)
-    if match is None or match.group(2) not in _LLAMA_CPP_LAYER_NAMES:
+    """The pack's language-model key as llama.cpp names it: ``layers.3.self_attn.q_proj.weight`` ->
+    ``blk.3.attn_q.weight``, ``embed_tokens.weight`` -> ``token_embd.weight``, ``norm.weight`` ->
+    ``output_norm.weight``."""
+    stem, _, param = key.rpartition(".")
+    if stem in LLAMA_CPP_GLOBAL_NAMES:
+        return f"{LLAMA_CPP_GLOBAL_NAMES[stem]}.{param}"
+    match = re.match(r"layers\.(\d+)\.(.+)$", stem)
+    if match is None or match.group(2) not in LLAMA_CPP_LAYER_NAMES:
         raise KeyError(f"no llama.cpp name for {key!r}")
-    return f"blk.{match.group(1)}.{_LLAMA_CPP_LAYER_NAMES[match.group(2)]}.{match.group(3)}"
+    return f"blk.{match.group(1)}.{LLAMA_CPP_LAYER_NAMES[match.group(2)]}.{param}"
 
 
 def _fp16(values: np.ndarray) -> np.ndarray:
@@ -138,7 +131,8 @@ def quantize_nf4(weight: torch.Tensor, blocksize: int = 64) -> tuple[torch.Tenso
     absmax = padded.abs().amax(dim=1)
     normalised = padded / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[:, None]
     code = torch.tensor(NF4_CODE)
-    indices = (normalised.reshape(-1, 1) - code).abs().argmin(dim=1)[:n].to(torch.uint8)
+    # Nearest code: the codes are sorted, so count the midpoints below each value (no n x 16 temporary).
+    indices = torch.bucketize(normalised.reshape(-1), (code[1:] + code[:-1]) / 2)[:n].to(torch.uint8)
     if n % 2:
         indices = torch.cat([indices, torch.zeros(1, dtype=torch.uint8)])
     packed = (indices[0::2] << 4) | indices[1::2]
@@ -165,12 +159,12 @@ def store_nf4(tensors: dict[str, torch.Tensor], quantize_key, blocksize: int = 6
 
 
 def gguf_dit_types(block_type: str):
-    """``type_of`` for :func:`write_gguf` laid out like the published DiT GGUFs: block Linear weights in
+    """``type_of`` for :func:`write_gguf` laid out like the published DiT GGUFs (any key prefix): block Linear weights in
     ``block_type``, the other matrices BF16, ``embed_image_indicator`` F16, vectors (norms, biases) F32."""
     def type_of(name: str, tensor: torch.Tensor) -> str:
-        if name.startswith("layers.") and name.endswith(".weight") and tensor.ndim == 2:
+        if re.search(r"(^|\.)layers\.\d+\.", name) and name.endswith(".weight") and tensor.ndim == 2:
             return block_type
-        if name == "embed_image_indicator.weight":
+        if name.endswith("embed_image_indicator.weight"):
             return "F16"
         return "BF16" if tensor.ndim == 2 else "F32"
     return type_of

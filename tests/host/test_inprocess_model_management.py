@@ -151,7 +151,7 @@ def test_text_encoder_fp8_layers_in_bf16_match_the_official_dequantisation_bit_f
     fp8_ops = host.nodes.quantized_ops
     path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
     kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4QuantizedOps,
-                             keep_fp8_with=fp8_ops.make_fp8_layer)
+                             keep_quantized_with=fp8_ops.make_quantized_layer)
     assert kept.encoder.layers[35].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
     dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16)
     assert torch.equal(kept.encode([PROMPT])[0], dequantised_at_load.encode([PROMPT])[0])

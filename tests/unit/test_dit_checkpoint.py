@@ -574,20 +574,22 @@ def test_pickle_paths_are_refused(suffix, tmp_path):
     _assert_names_file_and_layouts(str(info.value), path)
 
 
-def test_nf4_checkpoint_is_refused(reference, tmp_path):
+def test_incomplete_nf4_weight_is_refused(reference, tmp_path):
     state = dict(reference)
     state["layers.0.attention.qkv.weight.absmax"] = torch.ones(4)
     state["layers.0.attention.qkv.weight.quant_state.bitsandbytes__nf4"] = torch.zeros(4, dtype=torch.uint8)
     path = _save(state, tmp_path / "m.safetensors")
-    with pytest.raises(CheckpointError, match="bitsandbytes NF4") as info:
+    with pytest.raises(CheckpointError, match="bitsandbytes weight 'layers.0.attention.qkv.weight' lacks its "
+                                              "quant_map") as info:
         load_dit_checkpoint(path)
     _assert_names_file_and_layouts(str(info.value), path)
 
 
 def test_unsupported_comfy_quant_format_is_named(cases, tmp_path):
     state = dict(cases["comfy-fp8-bare"][0])
-    state["layers.0.attention.o.comfy_quant"] = _comfy_quant_bytes({"format": "nvfp4"})
-    path = _save(state, tmp_path / "ideogram4_nvfp4_mixed.safetensors")
-    with pytest.raises(CheckpointError, match="'layers.0.attention.o'.*'nvfp4'") as info:
+    state["layers.0.attention.o.comfy_quant"] = _comfy_quant_bytes({"format": "convrot_w4a4"})
+    path = _save(state, tmp_path / "ideogram4_w4a4.safetensors")
+    with pytest.raises(CheckpointError, match="'layers.0.attention.o'.*'convrot_w4a4', which this pack does not "
+                                              "read") as info:
         load_dit_checkpoint(path)
     _assert_names_file_and_layouts(str(info.value), path)

@@ -19,6 +19,7 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is the oracle for th
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 from gguf.constants import GGML_QUANT_SIZES  # noqa: E402
 
+from ideogram4 import blockwise  # noqa: E402
 from ideogram4.gguf_dequant import (  # noqa: E402
     SUPPORTED_GGUF_QTYPES,
     GGUFTypeError,
@@ -84,6 +85,19 @@ def test_random_blocks_bit_identical_to_gguf(name):
     assert torch.equal(bits(ours), bits(expected))
 
 
+@pytest.mark.parametrize("name", BLOCK_TYPES)
+def test_chunked_cpu_path_bit_identical_to_gguf(name, monkeypatch):
+    """Weights larger than one CPU chunk go through the chunk loop (here 3 chunks of 512 weights, the last one
+    short) and must give the same bits."""
+    monkeypatch.setattr(blockwise, "CPU_CHUNK_ELEMENTS", 512)
+    per_block, _ = GGML_QUANT_SIZES[QT[name]]
+    raw = random_blocks(name, rows=5, blocks_per_row=256 // per_block, seed=11)
+    shape = logical_shape(raw, name)
+    for dtype in (torch.float32, torch.bfloat16):
+        ours = dequantize_gguf(torch.from_numpy(raw), QT[name], shape, dtype)
+        assert torch.equal(ours.float(), reference(raw, name).to(dtype).float()), dtype
+
+
 def quantised_by_gguf(name: str, shape=(12, 96), seed=0) -> np.ndarray:
     """Weights with a spread of magnitudes (and an all-zero row, whose scale is 0), quantised by gguf."""
     rng = np.random.default_rng(seed)
@@ -135,6 +149,12 @@ def test_half_outputs_are_the_float32_result_rounded_once(name, dtype):
     ours = dequantize_gguf(raw_t, QT[name], shape, dtype)
     assert ours.dtype == dtype and ours.shape == shape
     assert torch.equal(ours.view(torch.int16), in_float32.to(dtype).view(torch.int16))
+
+
+def test_stored_dtype_is_returned_without_a_copy():
+    raw = torch.from_numpy(random_plain("BF16", (3, 8), seed=2))
+    ours = dequantize_gguf(raw, QT.BF16, (3, 8), torch.bfloat16)
+    assert ours.data_ptr() == raw.data_ptr() and ours.shape == (3, 8)
 
 
 def test_leading_shape_of_raw_does_not_matter():

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 
+from ideogram4 import blockwise
 from ideogram4.nf4 import NF4_CODE, dequantize_nf4, parse_bnb_quant_state
 
 
@@ -78,6 +79,16 @@ def test_equals_bitsandbytes_dequantize_4bit(shape, blocksize, dtype):
     assert torch.equal(ours.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8))
     # And with the built-in table instead of the state's code.
     assert torch.equal(dequantize_nf4(packed, state.absmax, shape, dtype, blocksize=blocksize), ours)
+
+
+def test_chunked_cpu_path_equals_bitsandbytes(monkeypatch):
+    """A weight larger than one CPU chunk (here 5 chunks of 2 blocks) goes through the chunk loop."""
+    functional = bnb_functional()
+    monkeypatch.setattr(blockwise, "CPU_CHUNK_ELEMENTS", 128)
+    weight = torch.randn((10, 64), generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    packed, state = functional.quantize_4bit(weight, blocksize=64, quant_type="nf4", compress_statistics=False)
+    ours = dequantize_nf4(packed, state.absmax, (10, 64), torch.bfloat16, quant_map=state.code)
+    assert torch.equal(ours.view(torch.int16), functional.dequantize_4bit(packed, state).view(torch.int16))
 
 
 def test_linear4bit_state_dict_saved_and_read_back(tmp_path):
