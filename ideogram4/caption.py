@@ -115,6 +115,38 @@ def serialize_caption(caption: Any) -> str:
     return json.dumps(caption, separators=(",", ":"), ensure_ascii=False)
 
 
+# Characters that reorder the displayed text without being visible (Unicode bidi controls): the model reads the
+# stored order, so a prompt holding them may not say what it appears to say.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def prompt_text_problem(prompt: Any) -> str | None:
+    """Why ``prompt`` cannot be encoded at all, or None: not a string, empty, a NUL character, or a lone UTF-16
+    surrogate (text that is not valid Unicode, e.g. from a broken copy or a JSON ``"\\ud800"`` escape)."""
+    if not isinstance(prompt, str):
+        return f"the prompt must be text, got {type(prompt).__name__}"
+    if not prompt.strip():
+        return "the prompt is empty; write a JSON caption or plain text"
+    if "\x00" in prompt:
+        return (f"the prompt holds a NUL character (U+0000) at position {prompt.index(chr(0))}; remove it (it usually "
+                "comes from pasting binary data)")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return (f"the prompt holds a lone surrogate {prompt[error.start]!r} at position {error.start}, which is not "
+                "valid Unicode text; retype or paste that part again")
+    return None
+
+
+def _hidden_character_warnings(prompt: str) -> list[str]:
+    positions = [index for index, char in enumerate(prompt) if char in _BIDI_CONTROLS]
+    if not positions:
+        return []
+    shown = ", ".join(f"U+{ord(prompt[i]):04X} at {i}" for i in positions[:3])
+    return [f"the prompt holds {len(positions)} invisible bidirectional control character(s) ({shown}); the text "
+            "may not read as it is displayed. Remove them unless they are meant."]
+
+
 def validate_caption(prompt: str) -> CaptionReport:
     """Check a prompt string. Text not starting with ``{`` (after leading whitespace) is a plain-text prompt:
     allowed, with a warning. Text starting with ``{`` must be valid JSON following the caption schema."""
@@ -122,7 +154,7 @@ def validate_caption(prompt: str) -> CaptionReport:
         raise TypeError(f"validate_caption expects the prompt as a str, got {type(prompt).__name__}")
     if not prompt.lstrip().startswith("{"):
         warning = "the prompt is empty" if not prompt.strip() else PLAIN_TEXT_WARNING
-        return CaptionReport(kind="plain", problems=[], warnings=[warning])
+        return CaptionReport(kind="plain", problems=[], warnings=[warning, *_hidden_character_warnings(prompt)])
 
     try:
         caption, duplicate_keys = _parse_json_object(prompt)
@@ -131,7 +163,7 @@ def validate_caption(prompt: str) -> CaptionReport:
 
     checker = _CaptionChecker(duplicate_keys)
     checker.check_caption(caption)
-    warnings = list(checker.warnings)
+    warnings = list(checker.warnings) + _hidden_character_warnings(prompt)
     # Same intent as the official ensure_ascii check: non-ASCII written as \uXXXX escapes means the caption was
     # serialised with ensure_ascii=True, which tokenises differently from the training captions. Detected on the
     # parsed strings instead of by a regex on the raw text, so an escaped backslash before "u" cannot fool it.

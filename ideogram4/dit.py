@@ -18,6 +18,7 @@ cast or stream every weight.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -157,7 +158,13 @@ class Ideogram4DiT(nn.Module):
     at image positions near 65536 this moves many angles by radians, so it matters for fidelity);
     ``torch.float32`` keeps full-precision frequencies like diffusers and ComfyUI native. May be changed on the
     instance at any time.
+
+    ``block_callback``: None, or a callable run with the block index before every transformer block (a host
+    checks for a user interrupt there: one forward of a large image takes many seconds, a block a fraction).
+    May be set on the instance at any time; it never changes the result.
     """
+
+    block_callback: Callable[[int], None] | None = None
 
     def __init__(self, config: DiTConfig, dtype=None, device=None, operations=None,
                  rope_frequency_dtype: torch.dtype | None = None) -> None:
@@ -246,6 +253,8 @@ class Ideogram4DiT(nn.Module):
         cos = cos.to(dtype).unsqueeze(2)
         sin = sin.to(dtype).unsqueeze(2)
 
-        for block in self.layers:
+        for index, block in enumerate(self.layers):
+            if self.block_callback is not None:
+                self.block_callback(index)
             h = block(h, adaln_input, cos, sin, attention_mask)
         return self.final_layer(h, adaln_input).to(torch.float32)

@@ -82,13 +82,13 @@ __all__ = [
     "expected_dit_shapes",
     "load_dit_checkpoint",
     "load_dit_pair",
+    "check_dit_pair",
 ]
 
+# Appended to each file error, which already says what was found and what to do: kept to one short sentence.
 SUPPORTED_LAYOUTS = (
-    "Supported: official Ideogram 4 keys unquantised (bf16/fp16/fp32), fp8 with per-row weight_scale "
-    "(ideogram-ai/ideogram-4-fp8) or bitsandbytes nf4 (ideogram-4-nf4); Comfy-Org fp8_scaled files; the diffusers "
-    "layout (to_q/to_k/to_v, also nf4); each as .safetensors (one file or sharded with an index); GGUF files "
-    "(ideogram4-Q8_0.gguf etc.)."
+    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16, fp8 per-row or bitsandbytes nf4; Comfy-Org "
+    "fp8_scaled; diffusers layout), single or sharded, and GGUF files (ideogram4-Q8_0.gguf etc.)."
 )
 
 # Prefixes under which a DiT state dict is found, most specific first; "" = bare keys.
@@ -743,6 +743,7 @@ class DiTCheckpointInfo:
     layout: str
     path: str
     config_source: str
+    metadata: dict[str, str] = field(default_factory=dict)  # the safetensors header's string metadata
 
 
 def inspect_dit_checkpoint(path) -> DiTCheckpointInfo:
@@ -751,8 +752,12 @@ def inspect_dit_checkpoint(path) -> DiTCheckpointInfo:
     Only the headers are read (plus the few-byte ``comfy_quant`` tensors of ComfyUI files). Raises CheckpointError
     exactly as :func:`load_dit_checkpoint` would for a bad file.
     """
-    plan = _plan_dit(path)
-    return DiTCheckpointInfo(plan.config, dict(plan.shapes), plan.layout, str(plan.source.path), plan.config_source)
+    return _info(_plan_dit(path))
+
+
+def _info(plan: _Plan) -> DiTCheckpointInfo:
+    return DiTCheckpointInfo(plan.config, dict(plan.shapes), plan.layout, str(plan.source.path), plan.config_source,
+                             dict(plan.source.metadata))
 
 
 def load_dit_checkpoint(path, dtype: torch.dtype | None = torch.bfloat16, keep_quantized: bool = False) -> DiTCheckpoint:
@@ -782,12 +787,30 @@ def _to_checkpoint(plan: _Plan, dtype, keep_quantized: bool) -> DiTCheckpoint:
 
 def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bfloat16, keep_quantized: bool = False
                   ) -> tuple[DiTCheckpoint, DiTCheckpoint]:
-    """Load the conditional and unconditional DiTs, refusing a pair that does not share one config and shape set.
+    """Load the conditional and unconditional DiTs, refusing a pair that :func:`check_dit_pair` refuses.
 
     Both headers are checked before any tensor data is read.
     """
     _check_dtype(dtype)
+    cond, uncond = _plan_pair(cond_path, uncond_path)
+    return _to_checkpoint(cond, dtype, keep_quantized), _to_checkpoint(uncond, dtype, keep_quantized)
+
+
+def check_dit_pair(cond_path, uncond_path) -> tuple[DiTCheckpointInfo, DiTCheckpointInfo]:
+    """Headers of the conditional and unconditional DiTs, refusing (CheckpointError) the same file for both and a
+    pair that does not share one config and shape set. Reads no tensor data, so a caller can check the pair
+    before loading either model."""
+    return tuple(_info(plan) for plan in _plan_pair(cond_path, uncond_path))
+
+
+def _plan_pair(cond_path, uncond_path) -> tuple[_Plan, _Plan]:
     cond, uncond = _plan_dit(cond_path), _plan_dit(uncond_path)
+    if [f.resolve() for f in cond.source.files] == [f.resolve() for f in uncond.source.files]:
+        raise CheckpointError(
+            f"the conditional and the unconditional model are the same file ({cond.file_label}). Ideogram 4 needs "
+            "both transformers: pick the unconditional one (e.g. ideogram4_unconditional_fp8_scaled) as the "
+            "unconditional model."
+        )
     difference = _first_difference(cond, uncond)
     if difference is not None:
         raise CheckpointError(
@@ -795,7 +818,7 @@ def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bflo
             f"{difference}. Both Ideogram 4 transformers must have the same architecture; pick the matching pair "
             "(e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
         )
-    return _to_checkpoint(cond, dtype, keep_quantized), _to_checkpoint(uncond, dtype, keep_quantized)
+    return cond, uncond
 
 
 def _first_difference(a: _Plan, b: _Plan) -> str | None:

@@ -15,23 +15,25 @@ Weight dtype choices (compute dtype: bf16 where the load device supports it, the
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
 
 import comfy.model_management
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ideogram4.compile import compile_transformer_blocks
-from ..ideogram4.dit_checkpoint import CheckpointError, DiTCheckpoint, load_dit_checkpoint
+from ..ideogram4.dit_checkpoint import DiTCheckpoint, DiTCheckpointInfo, check_dit_pair, load_dit_checkpoint
 from ..ideogram4.quantization import QuantizedWeight, quantize_fp8_rowwise, supports_fp8_matmul
 
 from . import compat
 from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
 from .model_folders import model_file_list, model_file_path
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
-from .settings import CATEGORY
+from .progress import check_interrupted_between_blocks
+from .settings import CATEGORY, validation_result
 
+NODE_NAME = "Ideogram 4 DiT Loader"
 WEIGHT_DTYPES = ["default", "bf16", "fp8", "fp8_fast"]
 MODEL_FOLDER = "diffusion_models"
 
@@ -77,6 +79,7 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
         stored = state["input_proj.weight"].dtype
         config.set_inference_dtype(stored, None if stored == compute_dtype else compute_dtype)
     model = Ideogram4Model(config)
+    model.diffusion_model.block_callback = check_interrupted_between_blocks
     for layer, spec in ((layer, spec) for layer, spec in quantized.items() if spec.kind != "comfy"):
         make_quantized_layer(model.diffusion_model.get_submodule(layer), spec, state[layer + ".weight"],
                              {name: state[f"{layer}.{name}"] for name in spec.sidecars})
@@ -106,10 +109,12 @@ def comfy_operations_for(path: str, formats: list[str], compute_dtype: torch.dty
     return compat.comfy_quantized_operations(compute_dtype, load_device)
 
 
-def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
+def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str, pair_checked: bool = False):
     """(cond patcher, uncond patcher) for two checkpoint files; ``weight_dtype`` is one of :data:`WEIGHT_DTYPES`.
 
-    The files are read one after the other and each state dict is consumed layer by layer as its model fills
+    The pair is checked from the headers first (:func:`ideogram4.dit_checkpoint.check_dit_pair`; skipped when the
+    caller has, ``pair_checked``), so a mismatched pair is refused before either model loads. The files are then
+    read one after the other and each state dict is consumed layer by layer as its model fills
     (:func:`compat.load_weights`), so loading peaks near the two models' own size even where the weights are
     converted in memory (de-quantised, cast or quantised), instead of adding a converted copy of a model.
     """
@@ -119,25 +124,37 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str):
     compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else compute_dtype_for(load_device)
     keep_quantized, quantize = weight_dtype != "bf16", weight_dtype in ("fp8", "fp8_fast")
 
+    if not pair_checked:
+        check_dit_pair(cond_path, uncond_path)
     cond_checkpoint = load_dit_checkpoint(cond_path, dtype=compute_dtype, keep_quantized=keep_quantized)
-    cond_config = cond_checkpoint.config
     cond = build_dit_patcher(cond_checkpoint, compute_dtype, quantize, load_device)
     del cond_checkpoint
     uncond_checkpoint = load_dit_checkpoint(uncond_path, dtype=compute_dtype, keep_quantized=keep_quantized)
-    if uncond_checkpoint.config != cond_config:
-        differences = ", ".join(
-            f"{field.name}={getattr(cond_config, field.name)!r} vs {getattr(uncond_checkpoint.config, field.name)!r}"
-            for field in dataclasses.fields(cond_config)
-            if getattr(cond_config, field.name) != getattr(uncond_checkpoint.config, field.name))
-        raise CheckpointError(
-            f"the conditional model {cond_path} and the unconditional model {uncond_path} do not match "
-            f"({differences}). Both Ideogram 4 transformers must have the same architecture; pick the matching "
-            "pair (e.g. ideogram4_fp8_scaled + ideogram4_unconditional_fp8_scaled)."
-        )
     uncond = build_dit_patcher(uncond_checkpoint, compute_dtype, quantize, load_device)
     if weight_dtype == "fp8_fast":
         enable_fp8_matmul((cond, uncond), load_device, compute_dtype)
     return cond, uncond
+
+
+def says_unconditional(info: DiTCheckpointInfo) -> bool:
+    """Whether the file's name, its folder (the official ``unconditional_transformer/``) or its safetensors
+    metadata call it the unconditional transformer."""
+    where = [os.path.basename(info.path), os.path.basename(os.path.dirname(info.path)), *info.metadata.values()]
+    return any("uncond" in text.lower() for text in where)
+
+
+def pairing_warnings(cond_info: DiTCheckpointInfo, uncond_info: DiTCheckpointInfo) -> list[str]:
+    """Warnings for a pair whose names or metadata suggest the files sit in the wrong slots."""
+    warnings = []
+    if says_unconditional(cond_info):
+        warnings.append(f"cond_model_name {os.path.basename(cond_info.path)} looks like the unconditional "
+                        "transformer (its name or metadata says so); the conditional one (e.g. "
+                        "ideogram4_fp8_scaled) belongs here. Swap the two files if they are reversed.")
+    if not says_unconditional(uncond_info):
+        warnings.append(f"uncond_model_name {os.path.basename(uncond_info.path)} does not look like the "
+                        "unconditional transformer (neither its name nor its metadata says 'unconditional'); pick "
+                        "e.g. ideogram4_unconditional_fp8_scaled there.")
+    return warnings
 
 
 def enable_fp8_matmul(patchers, load_device, compute_dtype: torch.dtype) -> None:
@@ -199,13 +216,31 @@ class DiTLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, cond_model_name=None, uncond_model_name=None) -> bool | str:
+        # Run when the prompt is queued; ComfyUI then leaves the "value in list" check of these inputs to this.
+        problems = []
+        files = model_file_list(MODEL_FOLDER)
+        for name, value in (("cond_model_name", cond_model_name), ("uncond_model_name", uncond_model_name)):
+            if value is not None and value not in files:
+                problems.append(f"{name} {value!r} is not in models/{MODEL_FOLDER}; put the file there (then press "
+                                "r to refresh) or pick one of the listed files")
+        if cond_model_name is not None and cond_model_name == uncond_model_name:
+            problems.append(f"cond_model_name and uncond_model_name are the same file ({cond_model_name}); pick the "
+                            "unconditional transformer (e.g. ideogram4_unconditional_fp8_scaled) as uncond_model_name")
+        return validation_result(NODE_NAME, problems)
+
+    @classmethod
     def execute(cls, cond_model_name: str, uncond_model_name: str, weight_dtype: str = "default",
                 compile_blocks: bool = False) -> io.NodeOutput:
         cond_path = model_file_path(MODEL_FOLDER, cond_model_name)
         uncond_path = model_file_path(MODEL_FOLDER, uncond_model_name)
-        cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype)
+        warnings = pairing_warnings(*check_dit_pair(cond_path, uncond_path))
+        for warning in warnings:
+            logging.warning("%s: %s", NODE_NAME, warning)
+        cond, uncond = load_dit_patchers(cond_path, uncond_path, weight_dtype, pair_checked=True)
         if compile_blocks:
             # Lazy: nothing compiles here; each block compiles at its first forward of a new input shape.
             for patcher in (cond, uncond):
                 compile_transformer_blocks(patcher.model.diffusion_model)
-        return io.NodeOutput(cond, uncond)
+        # Always a text, so the node's note (web/js) is replaced on every run, not left stale.
+        return io.NodeOutput(cond, uncond, ui=ui.PreviewText("\n".join(warnings)))

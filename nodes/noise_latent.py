@@ -6,10 +6,14 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io
 
+from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.latent import TOKEN_CHANNELS, tokens_to_comfy_latent
 from ..ideogram4.sampler import make_noise
 
-from .settings import CATEGORY, batch_size_input, check_size, height_input, seed_input, width_input
+from .settings import (CATEGORY, batch_size_input, check_size, height_input, raise_problems, seed_input,
+                       size_problems, validation_result, width_input)
+
+EMPTY_LATENT_NAME = "Ideogram 4 Empty Latent"
 
 
 def official_noise_latent(batch: int, grid_h: int, grid_w: int, seed: int, device=None) -> torch.Tensor:
@@ -38,6 +42,8 @@ class OfficialNoise:
                 f"got {tuple(samples.shape)}; start from the Ideogram 4 Empty Latent node."
             )
         batch, _, grid_h, grid_w = samples.shape
+        raise_problems("Ideogram 4 Noise", size_problems(width=grid_w * PIXELS_PER_TOKEN,
+                                                         height=grid_h * PIXELS_PER_TOKEN))
         noise = official_noise_latent(batch, grid_h, grid_w, self.seed)
         return noise.to(device=samples.device)
 
@@ -73,8 +79,13 @@ class EmptyLatent(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, width=None, height=None) -> bool | str:
+        problems = size_problems(width=width, height=height)
+        return validation_result(EMPTY_LATENT_NAME, problems)
+
+    @classmethod
     def execute(cls, width: int, height: int, batch_size: int = 1) -> io.NodeOutput:
-        grid_h, grid_w = check_size(width, height)
+        grid_h, grid_w = check_size(width, height, EMPTY_LATENT_NAME)
         samples = torch.zeros((batch_size, TOKEN_CHANNELS, grid_h, grid_w), dtype=torch.float32,
                               device=comfy.model_management.intermediate_device())
         return io.NodeOutput({"samples": samples})

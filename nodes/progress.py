@@ -15,6 +15,12 @@ import torch
 from ..ideogram4.latent import tokens_to_comfy_latent
 
 
+def check_interrupted_between_blocks(block_index: int) -> None:
+    """The DiT's ``block_callback``: a Cancel stops a forward within one transformer block, not one forward (a
+    forward of a large image takes many seconds)."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
 class StepReporter:
     """Reports ``total_steps`` sampling steps of a ``grid_h x grid_w`` token latent to the ComfyUI UI."""
 

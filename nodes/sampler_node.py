@@ -13,7 +13,7 @@ import logging
 
 import comfy.model_management
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
@@ -23,6 +23,7 @@ from ..ideogram4.schedule import logit_normal_schedule
 from ..ideogram4.velocity import conditional_velocity, unconditional_velocity
 
 from . import compat
+from .memory_fit import check_activations_fit
 from .progress import StepReporter
 from .settings import (
     CATEGORY,
@@ -32,15 +33,23 @@ from .settings import (
     denoise_input,
     guidance_input,
     height_input,
+    ignored_guidance_note,
     model_pair_inputs,
     mu_input,
     preset_input,
+    raise_problems,
     resolve_settings,
+    schedule_problems,
     seed_input,
+    size_problems,
     std_input,
     steps_input,
+    validation_result,
     width_input,
 )
+
+NODE_NAME = "Ideogram 4 Sampler"
+
 
 def text_features(conditioning, batch: int) -> tuple[torch.Tensor, list[int] | None]:
     """CONDITIONING ``[[features (1 or B, n, F), {...}], ...]`` -> (features (B, n, F), real lengths or None).
@@ -84,18 +93,23 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
             raise ValueError(f"Ideogram 4 Sampler: expected a LATENT (B, 128, H/16, W/16), got {tuple(samples.shape)}.")
         batch_size, _, grid_h, grid_w = samples.shape
         width, height = grid_w * PIXELS_PER_TOKEN, grid_h * PIXELS_PER_TOKEN
+        raise_problems(NODE_NAME, size_problems(width=width, height=height))
         if denoise <= 0.0:
             return samples  # nothing to denoise: the input latent unchanged, as native samplers do
         if "noise_mask" in latent:
             logging.warning("Ideogram 4 Sampler: the latent carries a noise mask (inpainting), which this sampler "
                             "does not use: the whole image is re-sampled. Remove the mask node to silence this.")
     else:
-        grid_h, grid_w = check_size(width, height)
+        grid_h, grid_w = check_size(width, height, NODE_NAME)
         if denoise != 1.0:
             raise ValueError("Ideogram 4 Sampler: denoise below 1 needs an input latent (img2img); connect one or "
                              "set denoise to 1.")
 
     features, lengths = text_features(conditioning, batch_size)
+    # Refused before the noise, the models or any activation is allocated.
+    check_activations_fit(NODE_NAME, cond_patcher.model.velocity_model().config, batch_size, grid_h, grid_w,
+                          features.shape[1], compat.inference_dtype(cond_patcher.model).itemsize,
+                          cond_patcher.load_device)
     times = logit_normal_schedule(settings.steps, settings.mu, settings.std, width, height)
     guidance = settings.guidance
     device = cond_patcher.load_device
@@ -164,10 +178,23 @@ class Sampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset=None, steps=None, mu=None, std=None, guidance_schedule=None, width=None,
+                        height=None) -> bool | str:
+        # Run when the prompt is queued (inputs fed by links arrive as None); ComfyUI then leaves the min/max of
+        # these inputs to this check.
+        problems = schedule_problems(preset, steps, mu, std, guidance_schedule) + size_problems(width=width,
+                                                                                              height=height)
+        return validation_result(NODE_NAME, problems)
+
+    @classmethod
     def execute(cls, cond_model, uncond_model, conditioning, preset: str, steps: int, mu: float, std: float,
                 guidance_schedule: str, seed: int, width: int, height: int, batch_size: int,
                 latent: dict | None = None, denoise: float = 1.0) -> io.NodeOutput:
-        settings = resolve_settings(preset, steps, mu, std, guidance_schedule)
+        settings = resolve_settings(preset, steps, mu, std, guidance_schedule, NODE_NAME)
+        note = ignored_guidance_note(preset, guidance_schedule)
+        if note is not None:
+            logging.warning("%s: %s", NODE_NAME, note)
         samples = sample_latent(cond_model, uncond_model, conditioning, settings, seed, width, height, batch_size,
                                 latent, denoise)
-        return io.NodeOutput({"samples": samples})
+        # Always a text, so the node's note (web/js) is replaced on every run, not left stale.
+        return io.NodeOutput({"samples": samples}, ui=ui.PreviewText(note or ""))

@@ -17,14 +17,19 @@ official loop) up to float rounding:
 
 from __future__ import annotations
 
+import logging
+
 import comfy.model_management
 import comfy.samplers
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
+from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.sampler import img2img_start
 from ..ideogram4.schedule import logit_normal_schedule
 
+from . import compat
+from .memory_fit import check_activations_fit
 from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA
 from .settings import (
     CATEGORY,
@@ -32,17 +37,23 @@ from .settings import (
     denoise_input,
     guidance_input,
     height_input,
+    ignored_guidance_note,
     model_pair_inputs,
     mu_input,
     preset_input,
+    raise_problems,
     resolve_guidance,
     resolve_schedule,
+    schedule_problems,
+    size_problems,
     std_input,
     steps_input,
+    validation_result,
     width_input,
 )
 
 UNCOND_MODEL_KEY = "ideogram4_unconditional_model"
+SCHEDULER_NAME, GUIDER_NAME = "Ideogram 4 Scheduler", "Ideogram 4 Guider"
 
 
 def sigma_dtype() -> torch.dtype:
@@ -53,7 +64,7 @@ def sigma_dtype() -> torch.dtype:
 def schedule_sigmas(steps: int, mu: float, std: float, width: int, height: int, denoise: float = 1.0) -> torch.Tensor:
     """SIGMAS ``1 - t`` (descending, :func:`sigma_dtype`) of the official schedule, or of its tail for
     ``denoise < 1`` (``denoise = 0`` gives no steps)."""
-    check_size(width, height)
+    check_size(width, height, SCHEDULER_NAME)
     times = logit_normal_schedule(steps, mu, std, width, height)
     if denoise <= 0.0:
         return torch.zeros((0,), dtype=sigma_dtype())
@@ -119,10 +130,25 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
 
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
         self.check_step_count(sigmas)  # before any model is loaded
+        self.check_image_size(latent_image)
         # float64 SIGMAS (Ideogram 4 Scheduler) carry the exact official times; sampling itself runs on float32
         # sigmas so the latent stays float32 for the sampler, previews and other nodes.
         self.exact_times = [1.0 - float(s) for s in sigmas.tolist()] if sigmas.dtype == torch.float64 else None
         return super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), *args, **kwargs)
+
+    def check_image_size(self, latent_image: torch.Tensor) -> None:
+        """Refuse (before any model is loaded) a latent above the size limit or whose activations cannot fit the
+        load device."""
+        if latent_image is None or latent_image.ndim != 4:
+            return
+        batch, _, grid_h, grid_w = latent_image.shape
+        raise_problems(GUIDER_NAME, size_problems(width=grid_w * PIXELS_PER_TOKEN, height=grid_h * PIXELS_PER_TOKEN))
+        positive = self.original_conds.get("positive") or [{}]
+        features = positive[0].get("cross_attn")
+        text_tokens = features.shape[1] if features is not None else 0
+        base_model = self.model_patcher.model
+        check_activations_fit(GUIDER_NAME, base_model.velocity_model().config, batch, grid_h, grid_w, text_tokens,
+                              compat.inference_dtype(base_model).itemsize, self.model_patcher.load_device)
 
     def exact_time(self, timestep: torch.Tensor, model_options: dict) -> float | None:
         """The official model time of the current sigma when it is a schedule point of float64 SIGMAS."""
@@ -170,8 +196,14 @@ class Scheduler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset=None, steps=None, mu=None, std=None, width=None, height=None) -> bool | str:
+        problems = schedule_problems(preset, steps, mu, std) + size_problems(width=width, height=height)
+        return validation_result(SCHEDULER_NAME, problems)
+
+    @classmethod
     def execute(cls, preset: str, steps: int, mu: float, std: float, width: int, height: int,
                 denoise: float = 1.0) -> io.NodeOutput:
+        raise_problems(SCHEDULER_NAME, schedule_problems(preset, steps, mu, std))
         steps, mu, std = resolve_schedule(preset, steps, mu, std)
         return io.NodeOutput(schedule_sigmas(steps, mu, std, width, height, denoise))
 
@@ -195,11 +227,20 @@ class Guider(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, preset=None, steps=None, guidance_schedule=None) -> bool | str:
+        problems = schedule_problems(preset, steps, guidance_schedule=guidance_schedule)
+        return validation_result(GUIDER_NAME, problems)
+
+    @classmethod
     def execute(cls, cond_model, uncond_model, conditioning, preset: str, steps: int,
                 guidance_schedule: str) -> io.NodeOutput:
         if not conditioning or conditioning[0][0] is None:
             raise ValueError("Ideogram 4 Guider: the conditioning holds no text features; connect the output of "
                              "Ideogram 4 Text Encode.")
+        raise_problems(GUIDER_NAME, schedule_problems(preset, steps))
+        note = ignored_guidance_note(preset, guidance_schedule)
+        if note is not None:
+            logging.warning("%s: %s", GUIDER_NAME, note)
         guider = Ideogram4Guider(cond_model, uncond_model, resolve_guidance(preset, steps, guidance_schedule))
         guider.set_conds(conditioning)
-        return io.NodeOutput(guider)
+        return io.NodeOutput(guider, ui=ui.PreviewText(note or ""))

@@ -6,12 +6,14 @@ A preset fixes steps, mu, std and the guidance list (the official sampler config
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from comfy_api.latest import io
 
 from ..ideogram4.constants import PIXELS_PER_TOKEN
-from ..ideogram4.guidance import parse_guidance_schedule
+from ..ideogram4.guidance import GuidanceScheduleError, parse_guidance_schedule
+from ..ideogram4.limits import MAX_IMAGE_SIDE, size_problem
 from ..ideogram4.presets import V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset
 
 CATEGORY = "Ideogram 4"
@@ -19,8 +21,12 @@ CUSTOM = "Custom"
 PRESETS: dict[str, SamplerPreset] = {"Default 20": V4_DEFAULT_20, "Quality 48": V4_QUALITY_48, "Turbo 12": V4_TURBO_12}
 PRESET_NAMES = [*PRESETS, CUSTOM]
 DEFAULT_PRESET = "Default 20"
-MAX_SIZE = 16384
+MAX_SIZE = MAX_IMAGE_SIDE
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+MAX_STEPS = 500
+MU_RANGE = (-10.0, 10.0)
+STD_RANGE = (0.01, 10.0)
+DEFAULT_GUIDANCE_SCHEDULE = "7x18,3x2"  # the Default 20 preset's list, written out
 
 
 @dataclass(frozen=True)
@@ -59,21 +65,85 @@ def resolve_guidance(preset: str, steps: int, guidance_schedule: str) -> list[fl
     return parse_guidance_schedule(guidance_schedule, int(steps))
 
 
-def resolve_settings(preset: str, steps: int, mu: float, std: float, guidance_schedule: str) -> SamplingSettings:
-    """Schedule parameters and guidance list of ``preset`` (see :func:`resolve_schedule`, :func:`resolve_guidance`)."""
+def resolve_settings(preset: str, steps: int, mu: float, std: float, guidance_schedule: str,
+                     node: str = "Ideogram 4 Sampler") -> SamplingSettings:
+    """Schedule parameters and guidance list of ``preset`` (see :func:`resolve_schedule`, :func:`resolve_guidance`);
+    a problem :func:`schedule_problems` finds raises ValueError naming ``node`` and the input."""
+    raise_problems(node, schedule_problems(preset, steps, mu, std))  # the guidance is checked by its parser
     steps, mu, std = resolve_schedule(preset, steps, mu, std)
     return SamplingSettings(steps, mu, std, resolve_guidance(preset, steps, guidance_schedule))
 
 
-def check_size(width: int, height: int) -> tuple[int, int]:
-    """The token grid (height/16, width/16); a size that is not a positive multiple of 16 raises ValueError."""
-    for name, value in (("width", width), ("height", height)):
-        if value <= 0 or value % PIXELS_PER_TOKEN:
-            nearest = max(PIXELS_PER_TOKEN, round(value / PIXELS_PER_TOKEN) * PIXELS_PER_TOKEN)
-            raise ValueError(
-                f"Ideogram 4: {name} must be a positive multiple of {PIXELS_PER_TOKEN} pixels (one latent token is "
-                f"{PIXELS_PER_TOKEN}x{PIXELS_PER_TOKEN} px), got {value}; use {nearest}."
-            )
+def validation_result(node: str, problems: list[str]) -> bool | str:
+    """What a node's ``validate_inputs`` returns: True, or one message ``"<node>: <problem>; <problem>."``
+    (ComfyUI answers the queued prompt with HTTP 400 and shows it on the node)."""
+    return f"{node}: " + "; ".join(problems) + "." if problems else True
+
+
+def raise_problems(node: str, problems: list[str]) -> None:
+    """The same check when the node runs (for values fed by links): ValueError with that message."""
+    if problems:
+        raise ValueError(validation_result(node, problems))
+
+
+def _number_problem(name: str, value, low: float, high: float, integer: bool = False) -> str | None:
+    """Why ``value`` is not a number in [low, high] (an integer if ``integer``), or None. None values (inputs fed
+    by a link, unknown when the prompt is queued) pass."""
+    if value is None:
+        return None
+    kind = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        return f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}"
+    if not math.isfinite(value):
+        return f"{name} is {value}, which is not a finite number; set a value from {low} to {high}"
+    if not low <= value <= high:
+        return f"{name} is {value}, outside {low} .. {high}"
+    return None
+
+
+def schedule_problems(preset: str | None, steps=None, mu=None, std=None, guidance_schedule=None) -> list[str]:
+    """Input-only problems of the schedule inputs (unknown preset, steps/mu/std out of range or not finite, a
+    malformed guidance schedule under Custom), as sentences naming the input; None = not known yet (a link)."""
+    problems = []
+    if preset is not None and preset not in PRESET_NAMES:
+        problems.append(f"preset {preset!r} is not one of {PRESET_NAMES}")
+    problems += [problem for problem in (
+        _number_problem("steps", steps, 1, MAX_STEPS, integer=True),
+        _number_problem("mu", mu, *MU_RANGE),
+        _number_problem("std", std, *STD_RANGE)) if problem]
+    if preset == CUSTOM and guidance_schedule is not None and isinstance(steps, int) and 1 <= steps <= MAX_STEPS:
+        try:
+            parse_guidance_schedule(guidance_schedule, steps)
+        except GuidanceScheduleError as error:
+            problems.append(f"guidance_schedule: {error}".rstrip("."))
+    return problems
+
+
+def size_problems(**sizes) -> list[str]:
+    """Input-only problems of image sizes given as ``name=value`` (see :func:`ideogram4.limits.size_problem`;
+    None = fed by a link, checked when the node runs)."""
+    return [problem for name, value in sizes.items() if value is not None
+            for problem in [size_problem(name, value)] if problem]
+
+
+def ignored_guidance_note(preset: str, guidance_schedule: str | None) -> str | None:
+    """A note when a guidance schedule other than the default was typed under a preset, which ignores it."""
+    chosen = PRESETS.get(preset)
+    if chosen is None or guidance_schedule is None or guidance_schedule.strip() in ("", DEFAULT_GUIDANCE_SCHEDULE):
+        return None
+    try:
+        if parse_guidance_schedule(guidance_schedule, chosen.steps) == list(chosen.guidance):
+            return None
+    except GuidanceScheduleError:
+        pass
+    return (f"guidance_schedule {guidance_schedule!r} is ignored: preset {preset!r} uses its own schedule. Choose "
+            f"preset Custom to use it.")
+
+
+def check_size(width: int, height: int, node: str = "Ideogram 4") -> tuple[int, int]:
+    """The token grid (height/16, width/16); a size that is not a positive multiple of 16 or is above
+    :data:`MAX_SIZE` raises ValueError naming ``node`` and the input."""
+    raise_problems(node, size_problems(width=width, height=height))
     return height // PIXELS_PER_TOKEN, width // PIXELS_PER_TOKEN
 
 
@@ -96,24 +166,24 @@ def preset_input() -> io.Combo.Input:
 
 
 def steps_input() -> io.Int.Input:
-    return io.Int.Input("steps", default=V4_DEFAULT_20.steps, min=1, max=500,
+    return io.Int.Input("steps", default=V4_DEFAULT_20.steps, min=1, max=MAX_STEPS,
                         tooltip="Number of sampling steps. Used only when preset is Custom.")
 
 
 def mu_input() -> io.Float.Input:
-    return io.Float.Input("mu", default=V4_DEFAULT_20.mu, min=-10.0, max=10.0, step=0.01,
+    return io.Float.Input("mu", default=V4_DEFAULT_20.mu, min=MU_RANGE[0], max=MU_RANGE[1], step=0.01,
                           tooltip="Mean of the logit-normal time schedule before the resolution shift. "
                                   "Used only when preset is Custom.")
 
 
 def std_input() -> io.Float.Input:
-    return io.Float.Input("std", default=V4_DEFAULT_20.std, min=0.01, max=10.0, step=0.01,
+    return io.Float.Input("std", default=V4_DEFAULT_20.std, min=STD_RANGE[0], max=STD_RANGE[1], step=0.01,
                           tooltip="Spread of the logit-normal time schedule. Used only when preset is Custom.")
 
 
 def guidance_input() -> io.String.Input:
     return io.String.Input(
-        "guidance_schedule", default="7x18,3x2", multiline=False,
+        "guidance_schedule", default=DEFAULT_GUIDANCE_SCHEDULE, multiline=False,
         tooltip="Per-step guidance, first step first: one number for all steps ('7'), one number per step "
                 "('7, 7, 3'), or runs VALUExCOUNT ('7x18,3x2'); the lengths must add up to steps. "
                 "Used only when preset is Custom.")
@@ -121,12 +191,12 @@ def guidance_input() -> io.String.Input:
 
 def width_input() -> io.Int.Input:
     return io.Int.Input("width", default=1024, min=PIXELS_PER_TOKEN, max=MAX_SIZE, step=PIXELS_PER_TOKEN,
-                        tooltip="Image width in pixels (a multiple of 16).")
+                        tooltip=f"Image width in pixels (a multiple of 16, at most {MAX_SIZE}).")
 
 
 def height_input() -> io.Int.Input:
     return io.Int.Input("height", default=1024, min=PIXELS_PER_TOKEN, max=MAX_SIZE, step=PIXELS_PER_TOKEN,
-                        tooltip="Image height in pixels (a multiple of 16).")
+                        tooltip=f"Image height in pixels (a multiple of 16, at most {MAX_SIZE}).")
 
 
 def batch_size_input() -> io.Int.Input:

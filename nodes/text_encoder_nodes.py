@@ -17,15 +17,16 @@ import comfy.model_management
 import torch
 from comfy_api.latest import io, ui
 
-from ..ideogram4.caption import validate_caption
+from ..ideogram4.caption import prompt_text_problem, validate_caption
 from ..ideogram4.constants import PIXELS_PER_TOKEN
+from ..ideogram4.limits import MAX_IMAGE_SIDE, size_problem
 from ..ideogram4.text_encoder import image_slot_count
 from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
 from . import compat
 from .model_folders import model_file_list, model_file_path
 from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
-from .settings import CATEGORY
+from .settings import CATEGORY, raise_problems, validation_result
 
 TEXT_ENCODER_FOLDER = "text_encoders"
 TextEncoderType = io.Custom("IDEOGRAM4_TEXT_ENCODER")
@@ -105,19 +106,28 @@ OFFICIAL_SIZE_TOOLTIP = (
     "0 = encode the text alone (faster, same maths). Set to the image size you sample at to reproduce the "
     "official pipeline's text features bit for bit (it encodes the text together with the image's token slots)."
 )
-OFFICIAL_SIZE_MAX = 16384
+OFFICIAL_SIZE_MAX = MAX_IMAGE_SIDE
+TEXT_ENCODE_NAME = "Ideogram 4 Text Encode"
+
+
+def text_encode_problems(prompt=None, official_width=None, official_height=None) -> list[str]:
+    """Input-only problems of Text Encode (None = fed by a link, checked when the node runs): a prompt that cannot
+    be encoded (:func:`ideogram4.caption.prompt_text_problem`), an official size that is not 0 or a usable side
+    (a multiple of 16 up to the size limit; set it to the size you sample at)."""
+    problems = []
+    if prompt is not None:
+        problems.append(prompt_text_problem(prompt))
+    for name, value in (("official_width", official_width), ("official_height", official_height)):
+        if value is not None:
+            problems.append(size_problem(name, value, allow_zero=True))
+    return [problem for problem in problems if problem]
 
 
 def official_image_slots(official_width: int, official_height: int) -> int:
     """Image slots for Text Encode's official size: both > 0 -> the image's token count; either 0 -> 0 (text
-    alone). Raises ValueError naming the inputs when a size is not a non-negative multiple of 16."""
-    for name, value in (("official_width", official_width), ("official_height", official_height)):
-        if value < 0 or value % PIXELS_PER_TOKEN != 0:
-            raise ValueError(
-                f"Ideogram 4 Text Encode: {name} is {value}, which is not a multiple of {PIXELS_PER_TOKEN}. Set it "
-                f"to the width/height you sample at (a multiple of {PIXELS_PER_TOKEN}, as the sampler requires), "
-                f"or to 0 to encode the text alone."
-            )
+    alone). Raises ValueError naming the inputs when a size is not 0 or a usable side."""
+    raise_problems(TEXT_ENCODE_NAME, text_encode_problems(official_width=official_width,
+                                                          official_height=official_height))
     if official_width == 0 or official_height == 0:
         return 0
     return image_slot_count(official_width, official_height)
@@ -148,8 +158,13 @@ class TextEncode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, prompt=None, official_width=None, official_height=None) -> bool | str:
+        return validation_result(TEXT_ENCODE_NAME, text_encode_problems(prompt, official_width, official_height))
+
+    @classmethod
     def execute(cls, text_encoder: Ideogram4TextEncoder, prompt: str, official_width: int = 0,
                 official_height: int = 0) -> io.NodeOutput:
+        raise_problems(TEXT_ENCODE_NAME, text_encode_problems(prompt=prompt))
         image_slots = official_image_slots(official_width, official_height)
         report = caption_report_text(prompt)
         if report is not None:

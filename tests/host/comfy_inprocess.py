@@ -144,6 +144,16 @@ def run_node(node_class, **inputs):
     return tuple(output.args) if hasattr(output, "args") else tuple(output)
 
 
+def sampler_inputs(pack_models, **overrides) -> dict:
+    """Inputs of the pack's Sampler node for ``pack_models`` (cond, uncond, CONDITIONING): a 2-step Custom run at
+    32 x 32, with ``overrides`` replacing any of them."""
+    cond, uncond, conditioning = pack_models
+    inputs = dict(cond_model=cond, uncond_model=uncond, conditioning=conditioning, preset="Custom", steps=2, mu=0.0,
+                  std=1.75, guidance_schedule="7,3", seed=0, width=32, height=32, batch_size=1)
+    inputs.update(overrides)
+    return inputs
+
+
 def native_node(module_name: str, class_name: str):
     """A native node class, e.g. ``native_node("comfy_extras.nodes_custom_sampler", "SamplerCustomAdvanced")``."""
     return getattr(importlib.import_module(module_name), class_name)

@@ -92,7 +92,7 @@ def test_widget_defaults_and_choices(registered):
     assert encode["prompt"].multiline
     for name in ("official_width", "official_height"):
         assert encode[name].optional and encode[name].default == 0
-        assert (encode[name].min, encode[name].max, encode[name].step) == (0, 16384, 16)
+        assert (encode[name].min, encode[name].max, encode[name].step) == (0, 4096, 16)
 
 
 def test_text_encode_shows_caption_problems_on_the_node(host, tmp_path_factory):
@@ -149,6 +149,6 @@ def test_text_encode_official_size_equals_core_encode_with_image_slots(host, tmp
     finally:
         hook.remove()
     assert seen_slots == [24, 0]
-    with pytest.raises(ValueError, match="official_height is 60.*multiple of 16"):
+    with pytest.raises(ValueError, match="official_height must be a positive multiple of 16.*got 60"):
         comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder, prompt=prompt,
                                  official_width=96, official_height=60)

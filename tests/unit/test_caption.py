@@ -13,6 +13,7 @@ from ideogram4.caption import (
     CaptionProblem,
     canonicalize_prompt,
     serialize_caption,
+    prompt_text_problem,
     validate_caption,
     validate_caption_object,
 )
@@ -380,3 +381,32 @@ def test_element_with_unknown_type_still_reports_unknown_keys():
     problems = validate_caption(serialize_caption(caption)).problems
 
     assert [problem.path for problem in problems] == [f"{CD}.elements[0].type", f"{CD}.elements[0].layer"]
+
+
+@pytest.mark.parametrize("prompt, says", [
+    ("bad \ud800 text", "lone surrogate '\\ud800' at position 4"),
+    ("a\udfffb", "lone surrogate '\\udfff' at position 1"),
+    ("a red\x00wall", "NUL character (U+0000) at position 5"),
+    ("", "the prompt is empty"),
+    (" \n\t", "the prompt is empty"),
+    (None, "must be text, got NoneType"),
+])
+def test_prompts_that_cannot_be_encoded_say_why(prompt, says):
+    problem = prompt_text_problem(prompt)
+    assert problem is not None and says in problem
+
+
+@pytest.mark.parametrize("prompt", ["a cat", "日本語のテキスト", "emoji 🎨 ok", "tab\tand\nnewline"])
+def test_ordinary_text_can_be_encoded(prompt):
+    assert prompt_text_problem(prompt) is None
+
+
+def test_bidi_control_characters_are_flagged_in_plain_and_json_prompts():
+    plain = validate_caption("price \u202e01$")
+    assert any("1 invisible bidirectional control character(s) (U+202E at 6)" in w for w in plain.warnings)
+    caption = '{"high_level_description":"a \u2066sign\u2069","compositional_deconstruction":' \
+              '{"background":"a wall","elements":[]}}'
+    report = validate_caption(caption)
+    assert any("2 invisible bidirectional control character(s) (U+2066 at 29, U+2069 at 34)" in w
+               for w in report.warnings), report.warnings
+    assert not any("bidirectional" in w for w in validate_caption("a plain prompt").warnings)

@@ -18,7 +18,9 @@ from tiny_dit import TINY_CONFIG, official_to_diffusers_state_dict, random_offic
 from ideogram4 import safetensors_io
 from ideogram4.dit import Ideogram4DiT
 from ideogram4.dit_checkpoint import (
+    SUPPORTED_LAYOUTS,
     CheckpointError,
+    check_dit_pair,
     expected_dit_shapes,
     inspect_dit_checkpoint,
     load_dit_checkpoint,
@@ -486,7 +488,10 @@ def test_load_dit_pair_refuses_a_different_layer_count(reference, tmp_path):
 
 def _assert_names_file_and_layouts(message, path):
     assert str(path) in message
-    assert "Supported: official Ideogram 4 keys" in message and "diffusers layout" in message
+    assert "Supported: Ideogram 4 transformer .safetensors" in message and "diffusers layout" in message
+    # Concise: file name, what was found and what to do, then one short sentence of supported layouts (that list
+    # alone used to be ~330 characters).
+    assert message.endswith(SUPPORTED_LAYOUTS) and len(SUPPORTED_LAYOUTS) < 150
 
 
 @pytest.mark.parametrize("keys, looks_like", [
@@ -593,3 +598,17 @@ def test_unsupported_comfy_quant_format_is_named(cases, tmp_path):
                                               "read") as info:
         load_dit_checkpoint(path)
     _assert_names_file_and_layouts(str(info.value), path)
+
+
+def test_check_dit_pair_refuses_the_same_file_twice_from_the_headers(reference, tmp_path):
+    path = _save(reference, tmp_path / "ideogram4_fp8_scaled.safetensors")
+    with pytest.raises(CheckpointError, match=r"the same file \(.*ideogram4_fp8_scaled\.safetensors\)"):
+        check_dit_pair(path, tmp_path / "." / "ideogram4_fp8_scaled.safetensors")
+
+
+def test_check_dit_pair_reads_headers_only_and_returns_both_configs(reference, tmp_path):
+    cond = _save(reference, tmp_path / "cond.safetensors", metadata={"modelspec.title": "unconditional"})
+    uncond = _save(reference, tmp_path / "uncond.safetensors")
+    cond_info, uncond_info = check_dit_pair(cond, uncond)
+    assert cond_info.config == uncond_info.config == TINY_CONFIG
+    assert cond_info.metadata["modelspec.title"] == "unconditional"
