@@ -514,8 +514,8 @@ def is_block_matrix(key, tensor) -> bool:
     return key.startswith("layers.") and key.endswith(".weight") and tensor.ndim == 2
 
 
-def write_quantised_files(folder: pathlib.Path) -> dict[str, tuple[str, str, dict]]:
-    """{storage: (weights file, weight_dtype, de-quantised float32 official weights for the oracle)}.
+def write_quantised_files(folder: pathlib.Path) -> dict[str, tuple[str, str, str, dict]]:
+    """{storage: (cond file, uncond file, weight_dtype, de-quantised float32 cond weights for the oracle)}.
 
     The oracle's weights come from the core's de-quantisers (checked bit for bit against the official rule, gguf
     and bitsandbytes in tests/unit) or, where the loader quantises itself (fp8 / fp8_fast on a float32 file), from
@@ -527,18 +527,20 @@ def write_quantised_files(folder: pathlib.Path) -> dict[str, tuple[str, str, dic
     base = base_weights()
     requantised = {key: dequantize_fp8_rowwise(*quantize_fp8_rowwise(value), dtype=torch.float32)
                    if is_block_matrix(key, value) else value for key, value in base.items()}
-    write_gguf(folder / "cond_q8_0.gguf", base, gguf_dit_types("Q8_0"), "ideogram4")
-    save_file(store_nf4(base, is_block_matrix), str(folder / "cond_nf4.safetensors"))
-    files = {"fp8 file, default": (tiny.COND_FP8_FILE, "default"), "fp8": (tiny.COND_FILE, "fp8"),
-             "fp8_fast": (tiny.COND_FILE, "fp8_fast"), "gguf Q8_0": ("cond_q8_0.gguf", "default"),
-             "nf4": ("cond_nf4.safetensors", "default")}
+    for role, weights in (("cond", base), ("uncond", tiny.dit_state_dict(seed=2))):
+        write_gguf(folder / f"{role}_q8_0.gguf", weights, gguf_dit_types("Q8_0"), "ideogram4")
+        save_file(store_nf4(weights, is_block_matrix), str(folder / f"{role}_nf4.safetensors"))
+    files = {"fp8 file, default": (tiny.COND_FP8_FILE, tiny.UNCOND_FP8_FILE, "default"),
+             "fp8": (tiny.COND_FILE, tiny.UNCOND_FILE, "fp8"), "fp8_fast": (tiny.COND_FILE, tiny.UNCOND_FILE, "fp8_fast"),
+             "gguf Q8_0": ("cond_q8_0.gguf", "uncond_q8_0.gguf", "default"),
+             "nf4": ("cond_nf4.safetensors", "uncond_nf4.safetensors", "default")}
     storages = {}
-    for storage, (name, weight_dtype) in files.items():
+    for storage, (cond_name, uncond_name, weight_dtype) in files.items():
         if weight_dtype == "default":
-            dequantised = load_dit_checkpoint(folder / name, dtype=torch.float32).state_dict
+            dequantised = load_dit_checkpoint(folder / cond_name, dtype=torch.float32).state_dict
         else:
             dequantised = requantised
-        storages[storage] = (name, weight_dtype, dequantised)
+        storages[storage] = (cond_name, uncond_name, weight_dtype, dequantised)
     return storages
 
 
@@ -556,8 +558,8 @@ def quantised(host, models, tmp_path_factory):
     storages = write_quantised_files(folder)
     loaders = {}
     cases = {}
-    for storage, (name, weight_dtype, dequantised) in storages.items():
-        loaders[storage] = host.nodes.dit_loader.load_dit_patchers(str(folder / name), str(folder / name),
+    for storage, (cond_name, uncond_name, weight_dtype, dequantised) in storages.items():
+        loaders[storage] = host.nodes.dit_loader.load_dit_patchers(str(folder / cond_name), str(folder / uncond_name),
                                                                    weight_dtype)
         base_file = models / f"oracle_base_{len(cases)}.safetensors"
         save_file({key: value.contiguous() for key, value in dequantised.items()}, str(base_file))
