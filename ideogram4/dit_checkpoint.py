@@ -87,8 +87,8 @@ __all__ = [
 
 # Appended to each file error, which already says what was found and what to do: kept to one short sentence.
 SUPPORTED_LAYOUTS = (
-    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16, fp8 per-row or bitsandbytes nf4; Comfy-Org "
-    "fp8_scaled; diffusers layout), single or sharded, and GGUF files (ideogram4-Q8_0.gguf etc.)."
+    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16/fp8/nf4; Comfy-Org fp8_scaled; "
+    "diffusers layout), single or sharded, or .gguf."
 )
 
 # Prefixes under which a DiT state dict is found, most specific first; "" = bare keys.
