@@ -139,7 +139,8 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str, pair_
 def says_unconditional(info: DiTCheckpointInfo) -> bool:
     """Whether the file's name, its folder (the official ``unconditional_transformer/``) or its safetensors
     metadata call it the unconditional transformer."""
-    where = [os.path.basename(info.path), os.path.basename(os.path.dirname(info.path)), *info.metadata.values()]
+    metadata = [value for value in info.metadata.values() if isinstance(value, str)]  # GGUF has numbers too
+    where = [os.path.basename(info.path), os.path.basename(os.path.dirname(info.path)), *metadata]
     return any("uncond" in text.lower() for text in where)
 
 
