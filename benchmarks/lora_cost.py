@@ -12,6 +12,9 @@ are de-quantised and patched each time they run, so the weights stay fp8 in memo
 * step seconds (one conditional + one unconditional forward, one ``--text-tokens`` prompt), median of
   ``--repeats`` rounds in which the cases take turns (after ``--warmup`` steps), without the LoRA, with it fully loaded, and with it under a memory cap that
   leaves ``--partial-fraction`` of the model resident (the rest streamed);
+* one attention ``qkv`` Linear of the config on its own (steadier than whole steps on a busy machine): the
+  seconds to de-quantise its weight, to de-quantise and apply the LoRA (what a patched fp8 layer does each call)
+  and of its product over the conditional pass's tokens;
 * the bytes the LoRA's patch tensors hold, the bytes of the model's stored weights, and the growth of the
   process's peak resident memory over the timed steps (after a no-LoRA warm-up set the first peak).
 """
@@ -63,6 +66,43 @@ def write_files(folder: pathlib.Path, config, rank: int) -> tuple[str, str, str]
             lora[f"{stem}.lora_B.weight"] = torch.randn(out_features, rank, generator=generator) * 0.01
     save_file(lora, str(folder / "lora_rank.safetensors"))
     return paths[0], paths[1], str(folder / "lora_rank.safetensors")
+
+
+def layer_seconds(out_features: int, in_features: int, rank: int, tokens: int, repeats: int) -> dict:
+    """One fp8 row-wise Linear on its own (less noise than whole steps): seconds to de-quantise its weight, to
+    de-quantise and apply a rank-``rank`` LoRA through ComfyUI's ``calculate_weight`` (what a patched fp8 layer does
+    each call), and of its product over ``tokens`` rows; medians of ``repeats``."""
+    import comfy.lora
+    import torch
+    import torch.nn.functional as F
+    from comfy.weight_adapter.lora import LoRAAdapter
+
+    from ideogram4.quantization import dequantize_fp8_rowwise, quantize_fp8_rowwise
+
+    generator = torch.Generator().manual_seed(4)
+    stored, scale = quantize_fp8_rowwise(torch.randn(out_features, in_features, generator=generator))
+    lora = LoRAAdapter(set(), (torch.randn(out_features, rank, generator=generator),
+                               torch.randn(rank, in_features, generator=generator), None, None, None, None))
+    x = torch.randn(1, tokens, in_features, generator=generator)
+    weight = dequantize_fp8_rowwise(stored, scale, torch.float32)
+    work = {
+        "dequantise": lambda: dequantize_fp8_rowwise(stored, scale, torch.float32),
+        "dequantise + LoRA": lambda: comfy.lora.calculate_weight(
+            [(1.0, lora, 1.0, None, None)], dequantize_fp8_rowwise(stored, scale, torch.float32), "w",
+            intermediate_dtype=torch.float32),
+        f"product over {tokens} tokens": lambda: F.linear(x, weight),
+    }
+    seconds = {}
+    with torch.no_grad():
+        for name, run_once in work.items():
+            run_once()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run_once()
+                times.append(time.perf_counter() - start)
+            seconds[name] = statistics.median(times)
+    return {"shape": [out_features, in_features], "seconds": seconds}
 
 
 def peak_rss_bytes() -> int:
@@ -134,6 +174,8 @@ def run(args) -> dict:
             return sum(tensor_bytes(item) for item in value)
         return tensor_bytes(getattr(value, "weights", ()))
 
+    qkv_out, qkv_in = 3 * config.hidden_size, config.hidden_size
+    layer = layer_seconds(qkv_out, qkv_in, args.rank, grid * grid + args.text_tokens, max(5, args.repeats))
     patch_bytes = sum(tensor_bytes(patch[1]) for patches in lora_cond.patches.values() for patch in patches)
     stored_bytes = sum(t.numel() * t.element_size() for t in cond.model.diffusion_model.state_dict().values())
     return {
@@ -142,7 +184,7 @@ def run(args) -> dict:
         "step_seconds": {case: statistics.median(seconds) for case, seconds in timings.items()},
         "step_seconds_all": timings,
         "lora_patch_bytes": patch_bytes, "model_stored_bytes": stored_bytes,
-        "peak_rss_growth_bytes": peak_after - peak_before,
+        "peak_rss_growth_bytes": peak_after - peak_before, "qkv_layer": layer,
     }
 
 
@@ -153,6 +195,9 @@ def print_table(result: dict) -> None:
     print("| case | step s | × no LoRA |\n|---|---|---|")
     for case, seconds in result["step_seconds"].items():
         print(f"| {case} | {seconds:.3f} | {seconds / base:.2f} |")
+    layer = result["qkv_layer"]
+    print(f"one fp8 qkv Linear {layer['shape']}: " + ", ".join(f"{name} {seconds * 1e3:.1f} ms"
+                                                                 for name, seconds in layer["seconds"].items()))
     mib = 2 ** 20
     print(f"LoRA patch tensors {result['lora_patch_bytes'] / mib:.1f} MiB; model stored weights (cond) "
           f"{result['model_stored_bytes'] / mib:.1f} MiB; peak RSS growth over the timed steps "
