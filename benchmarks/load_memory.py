@@ -173,8 +173,9 @@ def run_case(args) -> dict:
 
     cond_path, uncond_path = file_pair(pathlib.Path(args.models), args.file_format)
     if args.compute_dtype == "bf16":
-        nodes["dit_loader"].compute_dtype_for = lambda device: torch.bfloat16
-        comfy.model_management.should_use_bf16 = lambda *unused, **unused_kw: True  # the text encoder's choice
+        import comfy.cli_args  # ComfyUI's --bf16-unet / --bf16-text-enc, which the pack's loaders honour
+
+        comfy.cli_args.args.bf16_unet = comfy.cli_args.args.bf16_text_enc = True
     native_options = {"dtype": torch.bfloat16} if args.compute_dtype == "bf16" else {}
 
     gc.collect()

@@ -202,6 +202,34 @@ def canonicalize_prompt(prompt: str) -> str:
     return serialize_caption(caption)
 
 
+def canonical_key_order(caption: Any) -> Any:
+    """The caption with the keys of every object it knows put in the schema's order (unknown keys kept, after the
+    known ones, so the checks still report them). Values are not changed; anything not shaped like a caption is
+    returned as it is. Used when a caption written elsewhere is loaded into the caption editor."""
+    if not isinstance(caption, dict):
+        return caption
+    result = _ordered(caption, TOP_LEVEL_KEY_ORDER)
+    style = result.get("style_description")
+    if isinstance(style, dict):
+        order = STYLE_KEY_ORDER_NON_PHOTO if "art_style" in style and "photo" not in style else STYLE_KEY_ORDER_PHOTO
+        result["style_description"] = _ordered(style, order)
+    composition = result.get("compositional_deconstruction")
+    if isinstance(composition, dict):
+        composition = _ordered(composition, COMPOSITION_KEY_ORDER)
+        if isinstance(composition.get("elements"), list):
+            composition["elements"] = [
+                _ordered(element, ELEMENT_KEY_ORDER_TEXT) if isinstance(element, dict) else element
+                for element in composition["elements"]
+            ]
+        result["compositional_deconstruction"] = composition
+    return result
+
+
+def _ordered(obj: dict, key_order: tuple[str, ...]) -> dict:
+    known = {key: obj[key] for key in key_order if key in obj}
+    return {**known, **{key: value for key, value in obj.items() if key not in known}}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parsing
 

@@ -189,7 +189,7 @@ class Ideogram4DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_features: torch.Tensor | None, positions: torch.Tensor,
                 segment_ids: torch.Tensor, indicators: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+                attention_mask: torch.Tensor | None = None, transformer_options: dict | None = None) -> torch.Tensor:
         """Velocity for every row of a packed sequence; only image rows (indicator 2) are meaningful.
 
         Args:
@@ -204,6 +204,8 @@ class Ideogram4DiT(nn.Module):
             indicators: (B, L) integer roles: 3 text, 2 image, 0 padding.
             attention_mask: (B, 1, L, L) bool, True = may attend (``seg_i == seg_j``), or None for full attention,
                 which is exact whenever all segment ids of a sample are equal (no padding).
+            transformer_options: a host's per-call options, handed unchanged to :meth:`run_block` (the core
+                reads nothing from it).
 
         Returns:
             (B, L, in_channels) float32.
@@ -256,5 +258,13 @@ class Ideogram4DiT(nn.Module):
         for index, block in enumerate(self.layers):
             if self.block_callback is not None:
                 self.block_callback(index)
-            h = block(h, adaln_input, cos, sin, attention_mask)
+            h = self.run_block(index, h, adaln_input, cos, sin, attention_mask, transformer_options)
         return self.final_layer(h, adaln_input).to(torch.float32)
+
+    def run_block(self, index: int, h: torch.Tensor, adaln_input: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, attention_mask: torch.Tensor | None,
+                  transformer_options: dict | None) -> torch.Tensor:
+        """Block ``index`` on the residual stream ``h`` (B, L, hidden). The one place a host hooks into single
+        blocks (replacing a block, checks between blocks); ``transformer_options`` is the dict given to
+        :meth:`forward`."""
+        return self.layers[index](h, adaln_input, cos, sin, attention_mask)

@@ -93,3 +93,15 @@ def _error(text: object, steps: int, problem: str) -> GuidanceScheduleError:
         f"used for every step (e.g. '7'); {list_example}; or runs VALUExCOUNT, optionally mixed with single "
         f"numbers, whose lengths add up to {steps} (e.g. {run_example}). Values must be finite and >= 0."
     )
+
+
+def format_guidance_schedule(values) -> str:
+    """The run form of a guidance list, the inverse of :func:`parse_guidance_schedule`: ``[7]*18 + [3]*2`` ->
+    ``"7x18,3x2"`` (whole numbers without a decimal point)."""
+    runs: list[list] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1][1] += 1
+        else:
+            runs.append([value, 1])
+    return ",".join(f"{value:g}x{count}" for value, count in runs)

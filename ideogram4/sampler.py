@@ -16,6 +16,7 @@ multiplies the fp32 velocity).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -43,6 +44,33 @@ def make_noise(batch: int, num_tokens: int, seed: int, device: torch.device | st
     return torch.randn((batch, num_tokens, channels), dtype=torch.float32, generator=generator, device=device)
 
 
+@dataclasses.dataclass(frozen=True)
+class InpaintRegion:
+    """What an inpainting run keeps: ``mask`` (B or 1, N, C or 1) float32, 1 = re-sample, 0 = keep ``clean``
+    (B, N, C) (the input latent's tokens), fractional values blend; ``noise`` (B, N, C) is the run's noise.
+
+    The kept region follows the noised input ``t * clean + (1 - t) * noise`` at each step and its velocity is that
+    path's own ``clean - noise`` (ComfyUI's inpainting, which swaps in the input for the prediction there); after
+    the last step it is ``clean`` itself.
+    """
+
+    mask: torch.Tensor
+    clean: torch.Tensor
+    noise: torch.Tensor
+
+    def noised(self, z: torch.Tensor, t: float) -> torch.Tensor:
+        """``z`` with the kept region replaced by the input noised to model time ``t``."""
+        return z * self.mask + (t * self.clean + (1.0 - t) * self.noise) * (1.0 - self.mask)
+
+    def velocity(self, v: torch.Tensor) -> torch.Tensor:
+        """``v`` with the kept region's velocity replaced by that of its noised-input path."""
+        return v * self.mask + (self.clean - self.noise) * (1.0 - self.mask)
+
+    def final(self, z: torch.Tensor) -> torch.Tensor:
+        """The result: ``z`` where the mask is 1, the input latent where it is 0 (bit for bit)."""
+        return z * self.mask + self.clean * (1.0 - self.mask)
+
+
 def sample(
     cond_velocity: Velocity,
     uncond_velocity: Velocity,
@@ -50,6 +78,7 @@ def sample(
     guidance: Sequence[float],
     noise_or_start: torch.Tensor,
     callback: StepCallback | None = None,
+    inpaint: InpaintRegion | None = None,
 ) -> torch.Tensor:
     """Integrate ``noise_or_start`` ``(B, N, C)`` fp32 from ``times[0]`` to ``times[-1]``; returns the fp32 latent.
 
@@ -57,10 +86,13 @@ def sample(
     must return fp32 velocities shaped like ``z``. ``callback(step_index, latent)`` runs after every step
     (``step_index`` = 0 .. len(guidance) - 1, ``latent`` = the state after that step) for progress, previews
     and interruption: an exception it raises propagates and stops sampling. The input tensor is not modified.
+    ``inpaint`` re-samples only its masked region (:class:`InpaintRegion`); without it the loop is the official one.
     """
     times = _checked_times(times)
     _check_guidance(guidance, len(times) - 1)
     _check_latent("noise_or_start", noise_or_start)
+    if inpaint is not None:
+        _check_inpaint(inpaint, noise_or_start)
 
     z = noise_or_start
     # Like the official loop: the whole list as one fp32 tensor, each step's weight a 0-dim fp32 tensor
@@ -69,14 +101,18 @@ def sample(
     with torch.no_grad():
         for step in range(len(times) - 1):
             t, s = times[step], times[step + 1]
+            if inpaint is not None:
+                z = inpaint.noised(z, t)
             v_cond = _checked_velocity("cond_velocity", cond_velocity(z, t), z)
             v_uncond = _checked_velocity("uncond_velocity", uncond_velocity(z, t), z)
             g = guidance_fp32[step]
             v = g * v_cond + (1.0 - g) * v_uncond
+            if inpaint is not None:
+                v = inpaint.velocity(v)
             z = z + v * (s - t)
             if callback is not None:
                 callback(step, z)
-    return z
+    return z if inpaint is None else inpaint.final(z)
 
 
 def img2img_start(
@@ -140,6 +176,19 @@ def _checked_times(times: Sequence[float]) -> list[float]:
             f"as logit_normal_schedule returns them; got {values}. Sigmas (1 - t) must be converted first."
         )
     return values
+
+
+def _check_inpaint(inpaint: InpaintRegion, z: torch.Tensor) -> None:
+    for name in ("clean", "noise"):
+        value = getattr(inpaint, name)
+        if not isinstance(value, torch.Tensor) or value.shape != z.shape or value.dtype != torch.float32:
+            raise ValueError(f"sampler: inpaint.{name} must be a float32 tensor shaped like the latent "
+                             f"{tuple(z.shape)}, got {_describe(value)}.")
+    mask = inpaint.mask
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.float32 or mask.ndim != 3 or any(
+            m not in (1, n) for m, n in zip(mask.shape, z.shape)) or mask.shape[1] != z.shape[1]:
+        raise ValueError(f"sampler: inpaint.mask must be a float32 (B or 1, {z.shape[1]}, C or 1) tensor, "
+                         f"got {_describe(mask)}.")
 
 
 def _check_guidance(guidance: Sequence[float], steps: int) -> None:

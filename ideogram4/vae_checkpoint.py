@@ -42,11 +42,14 @@ def load_vae(
     operations=None,
     *,
     norm_groups: int = 32,
+    share_tensors: bool = False,
 ) -> Flux2AutoEncoder:
     """Build a :class:`Flux2AutoEncoder` from a file/folder path or a state dict, in eval mode.
 
     ``dtype`` defaults to the file's weight dtype (float32 for the published files; the official pipeline
     decodes in bf16), ``device`` to CPU. ``operations`` is the layer namespace (ComfyUI passes ``comfy.ops``).
+    ``share_tensors`` (a state dict already in ``dtype``): the model holds the given tensors themselves instead of
+    copies (built without storage of its own), for a caller that borrows another model's weights for one call.
     Raises :class:`CheckpointError` naming the source when it is not a FLUX.2 VAE.
     """
     if isinstance(path_or_state_dict, dict):
@@ -64,7 +67,7 @@ def load_vae(
     state_dict = convert_vae_state_dict(state_dict, source)
     config = infer_vae_config(state_dict, source, norm_groups=norm_groups)
     dtype = dtype or state_dict["decoder.conv_in.weight"].dtype
-    model = Flux2AutoEncoder(config, dtype=dtype, device=device, operations=operations)
+    model = Flux2AutoEncoder(config, dtype=dtype, device="meta" if share_tensors else device, operations=operations)
     expected = set(model.state_dict().keys())
     missing, unexpected = sorted(expected - state_dict.keys()), sorted(state_dict.keys() - expected)
     if missing or unexpected:
@@ -75,7 +78,8 @@ def load_vae(
             f"a different VAE. Expected {_EXPECTED}."
         )
     try:
-        model.load_state_dict({k: v.to(dtype=dtype) for k, v in state_dict.items()}, strict=True)
+        model.load_state_dict({k: v.to(dtype=dtype) for k, v in state_dict.items()}, strict=True,
+                              assign=share_tensors)
     except RuntimeError as error:  # a tensor whose shape contradicts the rest of the file
         raise CheckpointError(
             f"{source}: the VAE weights have inconsistent shapes ({error}); the file may be damaged. "

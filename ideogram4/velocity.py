@@ -24,7 +24,8 @@ def default_compute_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.bfloat16
 
 
-def _run(model, packed: PackedSequence, t: float, dtype: torch.dtype | None) -> torch.Tensor:
+def _run(model, packed: PackedSequence, t: float, dtype: torch.dtype | None,
+         transformer_options: dict | None = None) -> torch.Tensor:
     dtype = default_compute_dtype(model) if dtype is None else dtype
     x = packed.x
     # Official: t is a float32 (B,) tensor of the schedule value; the model rounds it to the compute dtype.
@@ -33,25 +34,26 @@ def _run(model, packed: PackedSequence, t: float, dtype: torch.dtype | None) -> 
     if features is not None:
         features = features.to(device=x.device, dtype=dtype)
     out = model(x.to(dtype), timestep, features, packed.positions, packed.segment_ids, packed.indicators,
-                packed.attention_mask)
+                packed.attention_mask, transformer_options=transformer_options)
     return out[:, packed.image_slice].to(torch.float32)
 
 
 def conditional_velocity(model, z: torch.Tensor, t: float, text_features: torch.Tensor,
                          text_lengths: list[int] | None, grid_h: int, grid_w: int,
-                         dtype: torch.dtype | None = None) -> torch.Tensor:
+                         dtype: torch.dtype | None = None, transformer_options: dict | None = None) -> torch.Tensor:
     """Conditional DiT on ``[text][image]``: z (B, N, C) float32 -> velocity (B, N, C) float32.
 
     text_features (B, n, F) left-padded (official layout): sample b's real tokens are its last ``text_lengths[b]``
     rows (None: all rows are real);
-    ``dtype`` is the compute dtype (default :func:`default_compute_dtype`).
+    ``dtype`` is the compute dtype (default :func:`default_compute_dtype`); ``transformer_options`` goes to the
+    model's forward unchanged (a host's per-call options).
     """
     packed = pack_conditional(z, text_features, text_lengths, grid_h, grid_w)
-    return _run(model, packed, t, dtype)
+    return _run(model, packed, t, dtype, transformer_options)
 
 
 def unconditional_velocity(model, z: torch.Tensor, t: float, grid_h: int, grid_w: int,
-                           dtype: torch.dtype | None = None) -> torch.Tensor:
+                           dtype: torch.dtype | None = None, transformer_options: dict | None = None) -> torch.Tensor:
     """Unconditional DiT on the image tokens alone: z (B, N, C) float32 -> velocity (B, N, C) float32."""
     packed = pack_unconditional(z, grid_h, grid_w)
-    return _run(model, packed, t, dtype)
+    return _run(model, packed, t, dtype, transformer_options)

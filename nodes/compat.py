@@ -113,6 +113,20 @@ class EagerLoadOps(comfy.ops.disable_weight_init):
         pass
 
 
+def cli_flag(name: str) -> bool:
+    """Whether ComfyUI was started with the flag ``name`` (argparse spelling, e.g. ``fp16_unet``); False for a flag
+    this host does not have."""
+    import comfy.cli_args
+
+    return bool(getattr(comfy.cli_args.args, name, False))
+
+
+def has_offloadable_cast() -> bool:
+    """True where ``comfy.ops.cast_bias_weight`` takes ``offloadable=True`` and the cast weight must be released
+    with ``comfy.ops.uncast_bias_weight`` after its last use (ComfyUI >= 0.4)."""
+    return hasattr(comfy.ops, "uncast_bias_weight")
+
+
 def archive_dtypes(module: torch.nn.Module) -> None:
     """Record parameter dtypes where the host needs them for dynamic loading (2026 hosts); no-op elsewhere."""
     import comfy.model_management

@@ -1,6 +1,7 @@
 """Ideogram 4 DiT Loader: the conditional and the unconditional transformer as two ComfyUI MODELs.
 
-Weight dtype choices (compute dtype: bf16 where the load device supports it, the official dtype, else fp32):
+Weight dtype choices (compute dtype: ComfyUI's ``--bf16-unet`` / ``--fp32-unet`` when given, else bf16 where the
+load device supports it, the official dtype, else fp32; see :mod:`.precision`):
 
 * ``default``: quantised files stay quantised in memory — fp8, GGUF blocks, nf4 — and each layer is de-quantised
   on the compute device when it runs (bit-identical to de-quantising at load); other files are held in the
@@ -30,17 +31,13 @@ from . import compat
 from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
 from .model_folders import model_file_list, model_file_path
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
+from .precision import dit_compute_dtype
 from .progress import check_interrupted_between_blocks
 from .settings import CATEGORY, validation_result
 
 NODE_NAME = "Ideogram 4 DiT Loader"
 WEIGHT_DTYPES = ["default", "bf16", "fp8", "fp8_fast"]
 MODEL_FOLDER = "diffusion_models"
-
-
-def compute_dtype_for(device) -> torch.dtype:
-    """bf16 (the official compute dtype) where ComfyUI would use it on ``device``, else fp32."""
-    return torch.bfloat16 if comfy.model_management.should_use_bf16(device) else torch.float32
 
 
 def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, quantize_to_fp8: bool = False,
@@ -121,7 +118,7 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str, pair_
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"Ideogram 4 DiT Loader: weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}.")
     load_device = comfy.model_management.get_torch_device()
-    compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else compute_dtype_for(load_device)
+    compute_dtype = torch.bfloat16 if weight_dtype == "bf16" else dit_compute_dtype(load_device)
     keep_quantized, quantize = weight_dtype != "bf16", weight_dtype in ("fp8", "fp8_fast")
 
     if not pair_checked:

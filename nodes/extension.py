@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .caption_node import Caption
+from .caption_route import register_routes
 from .dit_loader import DiTLoader
 from .lora_loader import LoraLoader
 from .noise_latent import EmptyLatent, Noise
@@ -13,6 +15,7 @@ from .text_encoder_nodes import TextEncode, TextEncoderLoader
 from .vae_nodes import VAEDecode, VAELoader
 
 NODES: list[type[io.ComfyNode]] = [
+    Caption,
     DiTLoader,
     LoraLoader,
     TextEncoderLoader,
@@ -29,4 +32,6 @@ NODES: list[type[io.ComfyNode]] = [
 
 class Ideogram4Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        # Here rather than in on_load, which ComfyUI 0.3.64 does not call.
+        register_routes()
         return list(NODES)

@@ -16,14 +16,17 @@ native ``SamplerCustomAdvanced`` + euler reproduce the official loop,
   would divide it by ``1 - sigma_last``).
 
 The model time is ``1 - sigma``, except when the Ideogram 4 Guider passes the exact official time of the step in
-``transformer_options[EXACT_TIME_KEY]`` (a float32 sigma near 1 cannot hold a small time exactly).
+``transformer_options[EXACT_TIME_KEY]`` (a float32 sigma near 1 cannot hold a small time exactly); the pack
+Sampler does the same for every call.
 """
 
 from __future__ import annotations
 
 import comfy.conds
 import comfy.model_base
+import comfy.model_patcher
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.supported_models_base
 import torch
 
@@ -76,8 +79,11 @@ class Ideogram4DiffusionModel(Ideogram4DiT):
     """The core DiT, also callable with ComfyUI's diffusion-model convention.
 
     ``forward(x (B, L, 128) tokens, t, ...)`` is the core forward (the velocity functions call it);
-    ``forward(x (B, 128, gh, gw) latent, sigma (B,), context=..., ...)`` is ComfyUI's call from
-    ``BaseModel.apply_model`` and returns ``-v`` in the latent layout.
+    ``forward(x (B, 128, gh, gw) latent, sigma (B,), context=..., transformer_options=...)`` is ComfyUI's call from
+    ``BaseModel.apply_model`` (and the pack Sampler's, :func:`model_velocity`): it runs through the
+    ``DIFFUSION_MODEL`` wrappers of ``transformer_options`` as native models do and returns ``-v`` in the latent
+    layout. Within it each transformer block honours ``transformer_options["patches_replace"]["dit"]
+    [("single_block", i)]`` and sets ``block_index`` / ``total_blocks`` / ``block_type`` like native DiTs.
     """
 
     def __init__(self, dit_config: DiTConfig, dtype=None, device=None, operations=None, **unused_unet_config):
@@ -86,29 +92,93 @@ class Ideogram4DiffusionModel(Ideogram4DiT):
 
     def forward(self, x, timesteps, *args, **kwargs):
         if x.ndim == 4:
-            return self.forward_latent(x, timesteps, **kwargs)
+            return self.forward_latent(x, timesteps, *args, **kwargs)
         return super().forward(x, timesteps, *args, **kwargs)
 
-    def forward_latent(self, x, timesteps, context=None, attention_mask=None, transformer_options=None, **unused):
-        """x (B, 128, gh, gw) in the compute dtype, timesteps = sigma (B,), context (B, n, F) or None.
+    def forward_latent(self, x, timesteps, context=None, attention_mask=None, transformer_options=None, **kwargs):
+        """ComfyUI's diffusion-model call through the ``DIFFUSION_MODEL`` wrappers (arguments passed positionally
+        in native order, as wrappers of other nodes read them)."""
+        if transformer_options is None:
+            transformer_options = {}  # a fresh dict: the blocks write block_index into it
+        wrappers = comfy.patcher_extension.get_all_wrappers(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,
+                                                            transformer_options)
+        return comfy.patcher_extension.WrapperExecutor.new_class_executor(self._forward_latent, self, wrappers).execute(
+            x, timesteps, context, attention_mask, transformer_options, **kwargs)
+
+    def _forward_latent(self, x, timesteps, context, attention_mask, transformer_options, text_lengths=None,
+                        **unused):
+        """x (B, 128, gh, gw) in the compute dtype, timesteps = sigma (B,), context (B, n, F) or None (image-only
+        pass); ``attention_mask`` (B, n) of right-padded text, or ``text_lengths`` of text already left-aligned.
         Returns ``-v`` (B, 128, gh, gw) float32."""
         _, _, grid_h, grid_w = x.shape
         sigma = timesteps.reshape(-1)
         if not bool((sigma == sigma[0]).all()):
             raise ValueError("Ideogram 4: every sample of a batch must be at the same sigma in one model call")
         t = 1.0 - float(sigma[0])
-        exact = (transformer_options or {}).get(EXACT_TIME_KEY)
+        exact = transformer_options.get(EXACT_TIME_KEY)
         if exact is not None and abs((1.0 - exact) - float(sigma[0])) < 1e-6:
             t = exact  # the official float32 time this sigma was made from
         tokens = comfy_latent_to_tokens(x.float())
         if context is None:
-            velocity = unconditional_velocity(self, tokens, t, grid_h, grid_w, dtype=x.dtype)
+            velocity = unconditional_velocity(self, tokens, t, grid_h, grid_w, dtype=x.dtype,
+                                              transformer_options=transformer_options)
         else:
-            lengths = None
+            lengths = text_lengths
             if attention_mask is not None:
                 context, lengths = left_align_text_features(context, attention_mask)
-            velocity = conditional_velocity(self, tokens, t, context, lengths, grid_h, grid_w, dtype=x.dtype)
+            velocity = conditional_velocity(self, tokens, t, context, lengths, grid_h, grid_w, dtype=x.dtype,
+                                            transformer_options=transformer_options)
         return -tokens_to_comfy_latent(velocity, grid_h, grid_w)
+
+    def run_block(self, index, h, adaln_input, cos, sin, attention_mask, transformer_options):
+        if transformer_options is None:  # a direct core call (no ComfyUI options)
+            return super().run_block(index, h, adaln_input, cos, sin, attention_mask, transformer_options)
+        transformer_options["block_index"] = index
+        transformer_options["total_blocks"] = len(self.layers)
+        transformer_options["block_type"] = "single"
+        replace = transformer_options.get("patches_replace", {}).get("dit", {}).get(("single_block", index))
+        if replace is None:
+            return super().run_block(index, h, adaln_input, cos, sin, attention_mask, transformer_options)
+
+        def original_block(args):
+            out = super(Ideogram4DiffusionModel, self).run_block(
+                index, args["img"], args["vec"], *args["pe"], args["attn_mask"], args["transformer_options"])
+            return {"img": out}
+
+        args = {"img": h, "vec": adaln_input, "pe": (cos, sin), "attn_mask": attention_mask,
+                "transformer_options": transformer_options}
+        return replace(args, {"original_block": original_block})["img"]
+
+
+def sampling_transformer_options(patcher) -> dict:
+    """The ``transformer_options`` a sampling run of ``patcher``'s model starts from, assembled as ComfyUI's
+    samplers do (``sampler_helpers.prepare_model_patcher``): a copy of the patcher's own options (patches,
+    ``patches_replace``) with its wrappers and callbacks merged in."""
+    options = comfy.model_patcher.create_model_options_clone(patcher.model_options).get("transformer_options", {})
+    for name, registered in (("wrappers", patcher.wrappers), ("callbacks", patcher.callbacks)):
+        comfy.patcher_extension.merge_nested_dicts(options.setdefault(name, {}), registered, copy_dict1=False)
+    return options
+
+
+def step_transformer_options(run_options: dict, sigma: torch.Tensor, cond_or_uncond: int,
+                             exact_time: float | None) -> dict:
+    """Per-call options of one model evaluation, with the keys ComfyUI's ``calc_cond_batch`` sets (``sigmas``,
+    ``cond_or_uncond``; 0 = conditional, 1 = unconditional) plus the exact model time of the step."""
+    return {**run_options, "sigmas": sigma, "cond_or_uncond": [cond_or_uncond], EXACT_TIME_KEY: exact_time}
+
+
+def model_velocity(model, z: torch.Tensor, t: float, grid_h: int, grid_w: int, transformer_options: dict,
+                   context: torch.Tensor | None = None, text_lengths: list[int] | None = None) -> torch.Tensor:
+    """Velocity (B, N, C) float32 of ``model`` (an :class:`Ideogram4Model`) at tokens ``z`` and model time ``t``,
+    through ComfyUI's diffusion-model call (so its wrappers and block patches apply). The latent permutations and
+    negation are exact: the result equals :func:`ideogram4.velocity.conditional_velocity` (``context`` given, left
+    aligned with ``text_lengths``) or ``unconditional_velocity`` on the same DiT, bit for bit."""
+    dtype = compat.inference_dtype(model)
+    x = tokens_to_comfy_latent(z, grid_h, grid_w).to(dtype)
+    sigma = transformer_options["sigmas"]
+    out = model.diffusion_model(x, sigma, context=context, transformer_options=transformer_options,
+                                text_lengths=text_lengths)
+    return -comfy_latent_to_tokens(out)
 
 
 class Ideogram4Model(comfy.model_base.BaseModel):
@@ -133,5 +203,5 @@ class Ideogram4Model(comfy.model_base.BaseModel):
         return out
 
     def velocity_model(self) -> Ideogram4DiffusionModel:
-        """The core DiT, for callers that run :mod:`ideogram4.velocity` on tokens directly (the pack sampler)."""
+        """The core DiT (its config and blocks), for callers that inspect it."""
         return self.diffusion_model

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from ..ideogram4.quantization import QuantizedWeight, fp8_matmul_linear
 
+from . import compat
 from .compat import PyTorchStateDictLoading
 
 FP8_STORAGE_DTYPE = torch.float8_e4m3fn
-# ComfyUI >= 0.4: cast_bias_weight(..., offloadable=True) + uncast_bias_weight after the weight's last use.
-HAS_UNCAST = hasattr(comfy.ops, "uncast_bias_weight")
+HAS_UNCAST = compat.has_offloadable_cast()
 # The attribute of a quantised layer's weight Parameter that carries the patches a full load gave it.
 PATCH_ATTRIBUTE = "ideogram4_weight_patch"
 _Backup = collections.namedtuple("Dimension", ["weight", "inplace_update"])  # ComfyUI's backup record

@@ -3,8 +3,11 @@
 The node draws the official noise on the compute device, builds the official schedule and guidance list, loads
 both transformers through ``comfy.model_management.load_models_gpu`` (ComfyUI loads each partially when they do
 not fit) and integrates with the core sampler, whose velocity callables run the core velocity functions on the
-patchers' DiTs. The output LATENT is the core sampler's result permuted to the LATENT layout (bit-identical
-values).
+patchers' models through ComfyUI's diffusion-model call (:func:`.model_wrapper.model_velocity`: wrappers, block
+patches and ``transformer_options`` of the MODELs apply; each patcher is prepared with ``pre_run`` and cleaned in a
+``finally``). The output LATENT is the core sampler's result permuted to the LATENT layout (bit-identical values).
+A LATENT ``noise_mask`` is resized to the latent grid as ComfyUI's samplers do and re-samples only the masked area
+(:class:`ideogram4.sampler.InpaintRegion`).
 """
 
 from __future__ import annotations
@@ -12,18 +15,19 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
+import comfy.sampler_helpers
 import torch
 from comfy_api.latest import io, ui
 
 from ..ideogram4.constants import PIXELS_PER_TOKEN
 from ..ideogram4.latent import comfy_latent_to_tokens, tokens_to_comfy_latent
 from ..ideogram4.packing import left_align_text_features
-from ..ideogram4.sampler import img2img_start, make_noise, sample
+from ..ideogram4.sampler import InpaintRegion, img2img_start, make_noise, sample
 from ..ideogram4.schedule import logit_normal_schedule
-from ..ideogram4.velocity import conditional_velocity, unconditional_velocity
 
 from . import compat
 from .memory_fit import check_activations_fit
+from .model_wrapper import model_velocity, sampling_transformer_options, step_transformer_options
 from .progress import StepReporter
 from .settings import (
     CATEGORY,
@@ -96,9 +100,6 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
         raise_problems(NODE_NAME, size_problems(width=width, height=height))
         if denoise <= 0.0:
             return samples  # nothing to denoise: the input latent unchanged, as native samplers do
-        if "noise_mask" in latent:
-            logging.warning("Ideogram 4 Sampler: the latent carries a noise mask (inpainting), which this sampler "
-                            "does not use: the whole image is re-sampled. Remove the mask node to silence this.")
     else:
         grid_h, grid_w = check_size(width, height, NODE_NAME)
         if denoise != 1.0:
@@ -125,27 +126,56 @@ def sample_latent(cond_patcher, uncond_patcher, conditioning, settings: Sampling
                 reason = f"denoise {denoise}: {reason}"
             raise ValueError(f"Ideogram 4 Sampler: {reason}") from None
 
+    inpaint = None
+    if latent is not None and latent.get("noise_mask") is not None:
+        inpaint = InpaintRegion(inpaint_mask_tokens(latent["noise_mask"], latent["samples"].shape, device),
+                                clean.to(device), noise)
+
     shape = [batch_size, 128, grid_h, grid_w]
     memory = cond_patcher.model.memory_required(shape)
     comfy.model_management.load_models_gpu([cond_patcher, uncond_patcher], memory_required=memory,
                                            minimum_memory_required=memory)
     cond_model, uncond_model = cond_patcher.model, uncond_patcher.model
-    cond_dit, uncond_dit = cond_model.velocity_model(), uncond_model.velocity_model()
-    cond_dtype, uncond_dtype = compat.inference_dtype(cond_model), compat.inference_dtype(uncond_model)
     features = features.to(device)
     reporter = StepReporter(len(times) - 1, grid_h, grid_w, cond_model.latent_format, device, times=times,
                             start_tokens=start)
+    # As ComfyUI's samplers: the patchers' own options, wrappers and callbacks, and the run's sigmas.
+    sample_sigmas = 1.0 - torch.tensor(times, dtype=torch.float32, device=device)
+    cond_options = {**sampling_transformer_options(cond_patcher), "sample_sigmas": sample_sigmas}
+    uncond_options = {**sampling_transformer_options(uncond_patcher), "sample_sigmas": sample_sigmas}
+
+    def sigma_of(t: float) -> torch.Tensor:
+        return torch.full((batch_size,), 1.0 - t, dtype=torch.float32, device=device)
 
     def cond_velocity(z: torch.Tensor, t: float) -> torch.Tensor:
         reporter.check_interrupted()
-        return conditional_velocity(cond_dit, z, t, features, lengths, grid_h, grid_w, dtype=cond_dtype)
+        options = step_transformer_options(cond_options, sigma_of(t), 0, t)
+        return model_velocity(cond_model, z, t, grid_h, grid_w, options, context=features, text_lengths=lengths)
 
     def uncond_velocity(z: torch.Tensor, t: float) -> torch.Tensor:
         reporter.check_interrupted()
-        return unconditional_velocity(uncond_dit, z, t, grid_h, grid_w, dtype=uncond_dtype)
+        options = step_transformer_options(uncond_options, sigma_of(t), 1, t)
+        return model_velocity(uncond_model, z, t, grid_h, grid_w, options)
 
-    tokens = sample(cond_velocity, uncond_velocity, times, guidance, start, callback=reporter)
+    patchers = (cond_patcher, uncond_patcher)
+    prepared = []
+    try:
+        for patcher in patchers:
+            patcher.pre_run()
+            prepared.append(patcher)
+        tokens = sample(cond_velocity, uncond_velocity, times, guidance, start, callback=reporter, inpaint=inpaint)
+    finally:
+        for patcher in prepared:
+            patcher.cleanup()
     return tokens_to_comfy_latent(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
+
+
+def inpaint_mask_tokens(noise_mask: torch.Tensor, latent_shape, device) -> torch.Tensor:
+    """A LATENT ``noise_mask`` (any resolution, e.g. the image's; 1 = re-sample) resized to the latent grid as
+    ComfyUI's samplers resize it (``comfy.sampler_helpers.prepare_mask``: bilinear, repeated over channels and
+    batch), as float32 tokens (B, N, 128)."""
+    mask = comfy.sampler_helpers.prepare_mask(noise_mask, latent_shape, device)
+    return comfy_latent_to_tokens(mask.float())
 
 
 class Sampler(io.ComfyNode):
@@ -170,7 +200,9 @@ class Sampler(io.ComfyNode):
                 batch_size_input(),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Optional start latent for img2img; when connected, its size and batch "
-                                        "replace width, height and batch_size."),
+                                        "replace width, height and batch_size. A noise mask on it (Set Latent "
+                                        "Noise Mask, VAE Encode (for Inpainting)) re-samples only the masked "
+                                        "area; the rest comes back unchanged."),
                 denoise_input("Fraction of the schedule to run (img2img; needs a latent). 1 = from pure noise; "
                               "lower keeps only the last steps, polish steps included.", optional=True),
             ],

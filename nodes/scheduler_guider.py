@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
+import comfy.sampler_helpers
 import comfy.samplers
 import torch
 from comfy_api.latest import io, ui
@@ -30,7 +31,7 @@ from ..ideogram4.schedule import logit_normal_schedule
 
 from . import compat
 from .memory_fit import check_activations_fit
-from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA
+from .model_wrapper import EXACT_TIME_KEY, FULL_DENOISE_SIGMA, sampling_transformer_options, step_transformer_options
 from .settings import (
     CATEGORY,
     check_size,
@@ -92,7 +93,9 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
     the unconditional MODEL is attached to that clone as an additional model, so ComfyUI loads both in one
     ``load_models_gpu`` call, and is run without text (image tokens only).
     ``guidance`` is in sampling order; shorter SIGMAS of a partial denoise (img2img tail) use its last entries,
-    SIGMAS of a full denoise must have as many steps as it has entries.
+    SIGMAS of a full denoise must have as many steps as it has entries. The unconditional pass gets its own
+    patcher's ``transformer_options``, wrappers and callbacks, with ``cond_or_uncond = [1]``. A LATENT noise mask
+    inpaints as ComfyUI's samplers do, and the unmasked region comes back as the input.
     """
 
     def __init__(self, cond_patcher, uncond_patcher, guidance: list[float]):
@@ -102,6 +105,7 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         self.uncond_patcher = uncond_patcher
         self.guidance = [float(g) for g in guidance]
         self.exact_times: list[float] | None = None  # model time of each sigma, when the SIGMAS were float64
+        self.uncond_options: dict | None = None  # transformer_options of the unconditional model, while sampling
 
     def set_conds(self, positive, negative=None):
         # The unconditional pass has no conditioning; a negative is not used.
@@ -128,13 +132,21 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
                 f"(one per step); set the same preset and steps in Ideogram 4 Scheduler and Ideogram 4 Guider (the "
                 f"Scheduler gives {steps} steps, the Guider expects {entries}).")
 
-    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
         self.check_step_count(sigmas)  # before any model is loaded
         self.check_image_size(latent_image)
         # float64 SIGMAS (Ideogram 4 Scheduler) carry the exact official times; sampling itself runs on float32
         # sigmas so the latent stays float32 for the sampler, previews and other nodes.
         self.exact_times = [1.0 - float(s) for s in sigmas.tolist()] if sigmas.dtype == torch.float64 else None
-        return super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), *args, **kwargs)
+        samples = super().sample(noise, latent_image, sampler, sigmas.to(torch.float32), denoise_mask, *args,
+                                 **kwargs)
+        if denoise_mask is None or len(sigmas) < 2:
+            return samples
+        # ComfyUI's inpainting keeps the unmasked region on the noised input at every step; the official schedule
+        # stops at 1 - t_max, not 0, so that region still holds a trace of noise at the end: give back the input
+        # there, as the Ideogram 4 Sampler does.
+        mask = comfy.sampler_helpers.prepare_mask(denoise_mask, samples.shape, samples.device).float()
+        return samples * mask + latent_image.to(samples) * (1.0 - mask)
 
     def check_image_size(self, latent_image: torch.Tensor) -> None:
         """Refuse (before any model is loaded) a latent above the size limit or whose activations cannot fit the
@@ -159,8 +171,21 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
         return self.exact_times[index] if bool((timestep == sigmas[index]).all()) else None
 
     def outer_sample(self, *args, **kwargs):
+        # The unconditional patcher is prepared and cleaned like the conditional one (CFGGuider.outer_sample does
+        # that for its own patcher, and for extra device clones). After a successful run ComfyUI's cleanup of the
+        # additional models has already cleaned it; after an exception nothing has, so it is cleaned here.
+        self.uncond_options = None
+        finished = False
         self.uncond_patcher.pre_run()
-        return super().outer_sample(*args, **kwargs)
+        try:
+            self.uncond_options = sampling_transformer_options(self.uncond_patcher)
+            output = super().outer_sample(*args, **kwargs)
+            finished = True
+            return output
+        finally:
+            self.uncond_options = None
+            if not finished:
+                self.uncond_patcher.cleanup()
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         guidance = self.guidance_for(timestep, model_options)
@@ -171,10 +196,8 @@ class Ideogram4Guider(comfy.samplers.CFGGuider):
             model_options["transformer_options"] = {**model_options["transformer_options"], EXACT_TIME_KEY: exact_time}
         positive = self.conds.get("positive", None)
         cond = comfy.samplers.calc_cond_batch(self.inner_model, [positive], x, timestep, model_options)[0]
-        uncond_options = dict(self.uncond_patcher.model_options.get("transformer_options", {}))
+        uncond_options = step_transformer_options(self.uncond_options, timestep, 1, exact_time)
         uncond_options["sample_sigmas"] = sample_sigmas
-        if exact_time is not None:
-            uncond_options[EXACT_TIME_KEY] = exact_time
         uncond = self.uncond_patcher.model.apply_model(x, timestep, transformer_options=uncond_options)
         return comfy.samplers.cfg_function(self.inner_model, cond, uncond, guidance, x, timestep,
                                            model_options=model_options, cond=positive, uncond=None)

@@ -25,6 +25,7 @@ from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_enc
 
 from . import compat
 from .model_folders import model_file_list, model_file_path
+from .precision import text_encoder_compute_dtype
 from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
 from .settings import CATEGORY, raise_problems, validation_result
 
@@ -54,7 +55,8 @@ class Ideogram4TextEncoder:
 
 def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     """Load a text-encoder file (any layout :func:`ideogram4.text_encoder_checkpoint.load_text_encoder` reads)
-    with comfy.ops layers on the offload device; computes in bf16 (official) where the device supports it.
+    with comfy.ops layers on the offload device; computes in bf16 (official) where the device supports it, or as
+    ``--bf16-text-enc`` / ``--fp32-text-enc`` say (:mod:`.precision`).
 
     Quantised Linear weights stay quantised and are de-quantised per layer when it runs: scaled fp8 (Comfy-Org
     qwen3vl_8b_fp8_scaled, the official fp8 release; the official rule, the same features as de-quantising at load
@@ -62,7 +64,7 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     GGUF blocks."""
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
-    dtype = torch.bfloat16 if comfy.model_management.should_use_bf16(load_device) else torch.float32
+    dtype = text_encoder_compute_dtype(load_device)
     loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4QuantizedOps,
                                keep_quantized_with=make_quantized_layer)
     return Ideogram4TextEncoder(loaded, load_device, offload_device)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import comfy.model_management
 import comfy.model_patcher
+import comfy.ops
+import comfy.sd
 import folder_paths
 import torch
 from comfy_api.latest import io
@@ -41,10 +43,9 @@ class Ideogram4VAE:
     exists, which the dynamic-VRAM patcher does not support.
     """
 
-    def __init__(self, model: Flux2AutoEncoder, dtype: torch.dtype, load_device, offload_device):
-        self.model = model
+    def __init__(self, patcher, dtype: torch.dtype):
+        self.patcher = patcher  # its model is the Flux2AutoEncoder
         self.dtype = dtype
-        self.patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
     # --- what ComfyUI's VAE nodes call ----------------------------------------------------------------------
 
@@ -55,9 +56,9 @@ class Ideogram4VAE:
         if samples.ndim != 4 or samples.shape[1] != 128:
             raise ValueError(f"Ideogram 4 VAE: expected a LATENT (B, 128, H/16, W/16), got {tuple(samples.shape)}.")
         _, _, grid_h, grid_w = samples.shape
-        self._load(samples.shape[0] * grid_h * grid_w)
+        model = self._loaded_model(samples.shape[0] * grid_h * grid_w)
         tokens = comfy_latent_to_tokens(samples.float())
-        pixels = decode_latent_tokens(self.model, tokens, grid_h, grid_w, self.dtype, device=self.patcher.load_device,
+        pixels = decode_latent_tokens(model, tokens, grid_h, grid_w, self.dtype, device=self.patcher.load_device,
                                       tiled=tiled, tile_size=tile_size, tile_overlap=tile_overlap)
         return decoded_to_image(pixels).to(comfy.model_management.intermediate_device())
 
@@ -72,8 +73,8 @@ class Ideogram4VAE:
         multiples of 16 are cropped to them (bottom/right), as ComfyUI's own VAE.encode does."""
         height, width = pixels.shape[1], pixels.shape[2]
         pixels = pixels[:, : height // PIXELS_PER_TOKEN * PIXELS_PER_TOKEN, : width // PIXELS_PER_TOKEN * PIXELS_PER_TOKEN]
-        self._load(pixels.shape[0] * pixels.shape[1] * pixels.shape[2] // PIXELS_PER_TOKEN ** 2)
-        tokens = encode_image_to_tokens(self.model, image_to_model_input(pixels), self.dtype,
+        model = self._loaded_model(pixels.shape[0] * pixels.shape[1] * pixels.shape[2] // PIXELS_PER_TOKEN ** 2)
+        tokens = encode_image_to_tokens(model, image_to_model_input(pixels), self.dtype,
                                         device=self.patcher.load_device)
         grid_h, grid_w = pixels.shape[1] // PIXELS_PER_TOKEN, pixels.shape[2] // PIXELS_PER_TOKEN
         return tokens_to_comfy_latent(tokens, grid_h, grid_w).to(comfy.model_management.intermediate_device())
@@ -93,10 +94,23 @@ class Ideogram4VAE:
 
     # --------------------------------------------------------------------------------------------------------
 
-    def _load(self, latent_positions: int) -> None:
+    def _loaded_model(self, latent_positions: int) -> Flux2AutoEncoder:
+        """The autoencoder, its weights loaded for a run over ``latent_positions`` LATENT positions."""
         # Activation memory of the FLUX.2 decoder, roughly: 512 channels at 8x the latent's pixel count.
         memory = latent_positions * 4 * 512 * 64 * torch.finfo(self.dtype).bits // 8
         comfy.model_management.load_models_gpu([self.patcher], memory_required=memory)
+        return self.patcher.model
+
+
+class NativeFlux2VAEView(Ideogram4VAE):
+    """ComfyUI's native FLUX.2 ``VAE`` used the Ideogram 4 way, for one call: its own patcher loads its weights, and
+    a core autoencoder built around those very tensors (no copy, nothing kept afterwards; ``comfy.ops.manual_cast``
+    layers fetch any weight ComfyUI left offloaded) decodes with Ideogram's de-normalisation."""
+
+    def _loaded_model(self, latent_positions: int) -> Flux2AutoEncoder:
+        native = super()._loaded_model(latent_positions)
+        state = {key: value for key, value in native.state_dict().items() if value.is_floating_point()}
+        return load_vae(state, dtype=self.dtype, operations=comfy.ops.manual_cast, share_tensors=True)
 
 
 def build_vae(path_or_state_dict) -> Ideogram4VAE:
@@ -105,22 +119,18 @@ def build_vae(path_or_state_dict) -> Ideogram4VAE:
     offload_device = comfy.model_management.vae_offload_device()
     dtype = comfy.model_management.vae_dtype(load_device, [torch.bfloat16, torch.float32])
     model = load_vae(path_or_state_dict, dtype=dtype, device=offload_device, operations=compat.EagerLoadOps)
-    return Ideogram4VAE(model, dtype, load_device, offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    return Ideogram4VAE(patcher, dtype)
 
 
 def as_ideogram4_vae(vae) -> Ideogram4VAE:
-    """The pack VAE itself, or for ComfyUI's native FLUX.2 ``VAE`` a pack VAE built from its weights (once per
-    VAE object; a VAE that is not FLUX.2 raises a CheckpointError saying what it is)."""
+    """The pack VAE itself, or a :class:`NativeFlux2VAEView` of ComfyUI's native ``VAE`` (a VAE that is not FLUX.2
+    raises a CheckpointError saying what it is when it decodes). ComfyUI's VAE object is left as it is."""
     if isinstance(vae, Ideogram4VAE):
         return vae
-    converted = getattr(vae, "_ideogram4_reference_vae", None)
-    if converted is None:
-        first_stage = getattr(vae, "first_stage_model", None)
-        if first_stage is None:
-            raise TypeError(f"Ideogram 4 VAE Decode: expected a VAE, got {type(vae).__name__}.")
-        converted = build_vae(first_stage.state_dict())
-        vae._ideogram4_reference_vae = converted
-    return converted
+    if not isinstance(vae, comfy.sd.VAE):
+        raise TypeError(f"Ideogram 4 VAE Decode: expected a VAE, got {type(vae).__name__}.")
+    return NativeFlux2VAEView(vae.patcher, vae.vae_dtype)
 
 
 class VAELoader(io.ComfyNode):

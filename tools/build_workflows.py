@@ -79,6 +79,7 @@ SCHEMAS = {
     "Ideogram4RefEmptyLatent": ([("width", "INT", True), ("height", "INT", True), ("batch_size", "INT", True)], [("LATENT", "LATENT")]),
     "Ideogram4RefVAELoader": ([("vae_name", "COMBO", True)], [("VAE", "VAE")]),
     "Ideogram4RefVAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False), ("tiled", "BOOLEAN", True)], [("IMAGE", "IMAGE")]),
+    "Ideogram4RefCaption": ([("state", "STRING", True)], [("caption", "STRING"), ("width", "INT"), ("height", "INT")]),
     "KSamplerSelect": ([("sampler_name", "COMBO", True)], [("SAMPLER", "SAMPLER")]),
     "SamplerCustomAdvanced": (
         [("noise", "NOISE", False), ("guider", "GUIDER", False), ("sampler", "SAMPLER", False),
@@ -86,12 +87,19 @@ SCHEMAS = {
         [("output", "LATENT"), ("denoised_output", "LATENT")],
     ),
     "VAEDecode": ([("samples", "LATENT", False), ("vae", "VAE", False)], [("IMAGE", "IMAGE")]),
+    "VAEEncode": ([("pixels", "IMAGE", False), ("vae", "VAE", False)], [("LATENT", "LATENT")]),
+    "LoadImage": ([("image", "COMBO", True)], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SetLatentNoiseMask": ([("samples", "LATENT", False), ("mask", "MASK", False)], [("LATENT", "LATENT")]),
     "SaveImage": ([("images", "IMAGE", False), ("filename_prefix", "STRING", True)], []),
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
                    "Ideogram4RefTextEncode": {"official_width", "official_height"}}
-NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "SaveImage"}
+# Combo inputs with an upload button (one more widgets_values entry, "image").
+UPLOAD_INPUTS = {"LoadImage": {"image"}}
+NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SetLatentNoiseMask",
+                "SaveImage"}
+INPAINT_IMAGE = "example.png"  # the image a fresh ComfyUI has in its input folder
 # The example prompt is a JSON caption, the form Ideogram 4 was trained on, minified as the model saw it.
 CAPTION = {
     "high_level_description": "A hand-painted wooden sign reading \"FRESH BREAD\" hangs in the sunlit window of a "
@@ -174,20 +182,48 @@ class Graph:
                     models.append(hint)
         return {
             "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
-            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [40, 60]}, "frontendVersion": "1.28.6"},
+            "groups": [], "config": {}, "extra": {"ds": dict(VIEW), "frontendVersion": "1.28.6"},
             "models": models, "version": 0.4,
         }
 
 
-def _loaders(graph, y=120):
-    dit = graph.add("Ideogram4RefDiTLoader", (40, y), (380, 154), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
+# Layout (graph units): columns wide enough for the widgets' longest values, rows with room for the title bars
+# (drawn above each node's pos) so no node covers another; the note sits at the top-left, in view when opened.
+TITLE_H = 40
+ROW_Y = 420
+COL_LOADERS, COL_TEXT, COL_SAMPLER, COL_DECODE, COL_SAVE = 40, 660, 1200, 1640, 1980
+NOTE_POS, NOTE_SIZE = (40, 40), (1100, 330)
+REPORT_ROOM = 110  # a node's report after a run (web/js/ideogram4_caption_report.js: 90 px and a margin)
+VIEW = {"scale": 0.7, "offset": [100, 60]}
+
+
+def _loaders(graph, encode_pos=(COL_TEXT, ROW_Y), encode_size=(480, 360), prompt=None):
+    dit = graph.add("Ideogram4RefDiTLoader", (COL_LOADERS, ROW_Y), (580, 190), [DIT_FILE, UNCOND_DIT_FILE, "default", False],
                     models=[DIT_FILE, UNCOND_DIT_FILE])
-    te = graph.add("Ideogram4RefTextEncoderLoader", (40, y + 180), (380, 60), [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
-    vae = graph.add("Ideogram4RefVAELoader", (40, y + 290), (380, 60), [VAE_FILE], models=[VAE_FILE])
+    # Room below the DiT Loader for the note it shows after a run when its two files do not pair up.
+    te_y = ROW_Y + 190 + REPORT_ROOM + TITLE_H + 30
+    te = graph.add("Ideogram4RefTextEncoderLoader", (COL_LOADERS, te_y), (580, 90),
+                   [TEXT_ENCODER_FILE], models=[TEXT_ENCODER_FILE])
+    vae = graph.add("Ideogram4RefVAELoader", (COL_LOADERS, te_y + 90 + TITLE_H + 30), (580, 90),
+                    [VAE_FILE], models=[VAE_FILE])
     # Official size 0 x 0: the text encoded alone (same maths as the official pipeline, faster).
-    encode = graph.add("Ideogram4RefTextEncode", (460, y + 180), (420, 250), [PROMPT, 0, 0])
+    encode = graph.add("Ideogram4RefTextEncode", encode_pos, encode_size, [PROMPT if prompt is None else prompt, 0, 0])
     graph.link(te, "IDEOGRAM4_TEXT_ENCODER", encode, "text_encoder")
     return dit, encode, vae
+
+
+def _graph_with_loaders(note, **loader_args):
+    """A new graph with the artist's Note and the loaders: (graph, DiT loader, Text Encode, VAE loader)."""
+    graph = Graph()
+    graph.add("Note", NOTE_POS, NOTE_SIZE, note, title="Read me")
+    return (graph, *_loaders(graph, **loader_args))
+
+
+def _wire_models(graph, dit, encode, target):
+    """Both transformers and the text features into a sampling node (Sampler or Guider)."""
+    graph.link(dit, "cond_model", target, "cond_model")
+    graph.link(dit, "uncond_model", target, "uncond_model")
+    graph.link(encode, "CONDITIONING", target, "conditioning")
 
 
 def _loader_note(preset_name):
@@ -212,31 +248,31 @@ def _loader_note(preset_name):
     )
 
 
-def _sample_decode_save(graph, models, encode, vae, preset_name, width, height, prefix):
-    """The one-node Sampler on ``models``' cond_model / uncond_model outputs, the pack's VAE Decode, SaveImage."""
-    steps, mu, std, guidance = PRESETS[preset_name]
-    sampler = graph.add("Ideogram4RefSampler", (920, 120), (360, 430),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (1320, 120), (260, 80), [False])
-    save = graph.add("SaveImage", (1620, 120), (520, 560), [prefix])
-    graph.link(models, "cond_model", sampler, "cond_model")
-    graph.link(models, "uncond_model", sampler, "uncond_model")
-    graph.link(encode, "CONDITIONING", sampler, "conditioning")
+def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
+    """Models and text into the one-node Sampler, its latent through the pack's VAE Decode into Save Image."""
+    _wire_models(graph, dit, encode, sampler)
     graph.link(sampler, "LATENT", decode, "samples")
     graph.link(vae, "VAE", decode, "vae")
     graph.link(decode, "IMAGE", save, "images")
+
+
+def _sampler_decode_save(graph, models, encode, vae, preset_name, width, height, prefix):
+    """The one-node Sampler on ``models``' cond_model / uncond_model outputs, the pack's VAE Decode, Save Image."""
+    steps, mu, std, guidance = PRESETS[preset_name]
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
+    _wire_sampler(graph, models, encode, vae, sampler, decode, save)
     return graph.workflow()
 
 
 def one_node_sampler_workflow(preset_name, width, height, prefix):
-    graph = Graph()
-    graph.add("Note", (40, -260), (840, 330), _loader_note(preset_name), title="Read me")
-    dit, encode, vae = _loaders(graph)
-    return _sample_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
+    return _sampler_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
 
 
 def lora_workflow():
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) with a LoRA\n\n"
         f"Put your Ideogram 4 LoRA in models/loras and pick it on the LoRA Loader (this workflow names {LORA_FILE}). "
@@ -248,18 +284,30 @@ def lora_workflow():
         "next one). The LoRA works with every weight_dtype, fp8 included: the weights stay fp8 in memory.\n\n"
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
-    lora = graph.add("Ideogram4RefLoraLoader", (460, 40), (420, 130), [LORA_FILE, 1.0, 0.0])
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    # Below Text Encode (room for its report), between the DiT Loader and the Sampler in the data flow.
+    lora = graph.add("Ideogram4RefLoraLoader", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 170),
+                     [LORA_FILE, 1.0, 0.0])
     graph.link(dit, "cond_model", lora, "cond_model")
     graph.link(dit, "uncond_model", lora, "uncond_model")
-    return _sample_decode_save(graph, lora, encode, vae, "Default 20", 1024, 1024, "ideogram4/lora")
+    return _sampler_decode_save(graph, lora, encode, vae, "Default 20", 1024, 1024, "ideogram4/lora")
+
+
+class _Column:
+    """Stacks nodes downwards from (x, y), leaving room for each title bar."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def next(self, size):
+        pos = (self.x, self.y)
+        self.y += size[1] + TITLE_H + 30
+        return pos, size
 
 
 def native_interop_workflow():
     preset_name, width, height = "Default 20", 1024, 1024
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph = Graph()
     note = (
         "Ideogram 4 (reference) with ComfyUI's own sampler nodes\n\n"
         "Same result as the one-node sampler, built from parts so you can swap pieces: the pack's Scheduler gives "
@@ -270,19 +318,18 @@ def native_interop_workflow():
         "Keep the preset, steps, width and height the same on the Scheduler, the Guider and the Empty Latent. "
         "Model files: see the loaders (download links are in the workflow)."
     )
-    graph.add("Note", (40, -260), (840, 330), note, title="Read me")
-    dit, encode, vae = _loaders(graph)
-    guider = graph.add("Ideogram4RefGuider", (920, 120), (340, 190), [preset_name, steps, guidance])
-    scheduler = graph.add("Ideogram4RefScheduler", (920, 350), (340, 230), [preset_name, steps, mu, std, width, height, 1.0])
-    noise = graph.add("Ideogram4RefNoise", (920, 620), (340, 90), [42, "fixed"])
-    select = graph.add("KSamplerSelect", (920, 750), (340, 60), ["euler"])
-    latent = graph.add("Ideogram4RefEmptyLatent", (920, 850), (340, 110), [width, height, 1])
-    sampler = graph.add("SamplerCustomAdvanced", (1300, 120), (300, 330))
-    decode = graph.add("VAEDecode", (1640, 120), (220, 50))
-    save = graph.add("SaveImage", (1900, 120), (520, 560), ["ideogram4/native_interop"])
-    graph.link(dit, "cond_model", guider, "cond_model")
-    graph.link(dit, "uncond_model", guider, "uncond_model")
-    graph.link(encode, "CONDITIONING", guider, "conditioning")
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    column = _Column(COL_SAMPLER, ROW_Y)
+    guider = graph.add("Ideogram4RefGuider", *column.next((400, 220)), [preset_name, steps, guidance])
+    column.y += REPORT_ROOM  # the Guider's note after a run
+    scheduler = graph.add("Ideogram4RefScheduler", *column.next((400, 280)), [preset_name, steps, mu, std, width, height, 1.0])
+    noise = graph.add("Ideogram4RefNoise", *column.next((400, 110)), [42, "fixed"])
+    select = graph.add("KSamplerSelect", *column.next((400, 80)), ["euler"])
+    latent = graph.add("Ideogram4RefEmptyLatent", *column.next((400, 140)), [width, height, 1])
+    sampler = graph.add("SamplerCustomAdvanced", (COL_DECODE, ROW_Y), (300, 330))
+    decode = graph.add("VAEDecode", (COL_DECODE, ROW_Y + 330 + TITLE_H + 40), (300, 80))
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/native_interop"])
+    _wire_models(graph, dit, encode, guider)
     graph.link(noise, "NOISE", sampler, "noise")
     graph.link(guider, "GUIDER", sampler, "guider")
     graph.link(select, "SAMPLER", sampler, "sampler")
@@ -294,13 +341,83 @@ def native_interop_workflow():
     return graph.workflow()
 
 
+def caption_state(caption, width, height) -> str:
+    """The Caption node's state widget value, written as the editor writes it (JSON.stringify: compact)."""
+    return json.dumps({"width": width, "height": height, "caption": caption}, separators=(",", ":"), ensure_ascii=False)
+
+
+def caption_studio_workflow():
+    preset_name, width, height = "Default 20", 1536, 1024
+    steps, mu, std, guidance = PRESETS[preset_name]
+    note = (
+        "Ideogram 4 (reference) - caption studio\n\n"
+        "Write the caption in the form of the Caption node instead of typing JSON: a short description, the style "
+        "(photo or art style, lighting, medium, colours), the background and an ordered list of elements. Draw each "
+        "element's box on the layout frame (drag on empty space; drag a box to move it, a corner to resize it; "
+        "Delete removes the selected box, Ctrl+Z undoes). Every edit is checked by the pack and problems appear "
+        "next to their field. 'Paste JSON' loads a caption written elsewhere; 'Copy JSON' copies the canonical one.\n\n"
+        "The node sends the caption, minified as the model was trained on, to Text Encode, and the frame's width "
+        "and height to the Sampler, so the boxes match the image. Model files: see the loaders."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
+                                                  prompt="")
+    caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
+    # Below Text Encode, with room for the caption report it grows by after a run.
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/caption_studio"])
+    graph.link(caption, "caption", encode, "prompt")
+    graph.link(caption, "width", sampler, "width")
+    graph.link(caption, "height", sampler, "height")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    return graph.workflow()
+
+
+def inpaint_workflow():
+    preset_name = "Default 20"
+    steps, mu, std, guidance = PRESETS[preset_name]
+    note = (
+        "Ideogram 4 (reference) - inpainting\n\n"
+        "Re-draws only the masked part of an image. Load your image, right-click Load Image and choose 'Open in "
+        "MaskEditor', paint over what should change and save. The VAE encodes the image, Set Latent Noise Mask "
+        "attaches the mask, and the sampler re-samples only the painted area: the rest follows the original "
+        "image at every step and comes back unchanged in the latent. Describe the whole picture as you want it "
+        "in the prompt, the new part included.\n\n"
+        "The image size decides the output size (width and height on the sampler are not used when a latent is "
+        "connected); sides are cropped to multiples of 16. Denoise 1 re-draws the masked area from noise; lower "
+        "values keep more of what was there.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    # Below Text Encode (room for its report), the picture to re-draw; below the Sampler, encode and mask.
+    image = graph.add("LoadImage", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 420),
+                      [INPAINT_IMAGE, "image"])
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", 1024, 1024, 1, 1.0])
+    column = _Column(COL_SAMPLER, ROW_Y + 480 + REPORT_ROOM + TITLE_H + 40)
+    vae_encode = graph.add("VAEEncode", *column.next((400, 80)))
+    set_mask = graph.add("SetLatentNoiseMask", *column.next((400, 80)))
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/inpaint"])
+    graph.link(image, "IMAGE", vae_encode, "pixels")
+    graph.link(vae, "VAE", vae_encode, "vae")
+    graph.link(vae_encode, "LATENT", set_mask, "samples")
+    graph.link(image, "MASK", set_mask, "mask")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    graph.link(set_mask, "LATENT", sampler, "latent")
+    return graph.workflow()
+
+
 def all_workflows() -> dict[str, dict]:
     """File name -> workflow."""
     return {
+        "ideogram4_inpaint.json": inpaint_workflow(),
         "ideogram4_text_to_image.json": one_node_sampler_workflow("Default 20", 1024, 1024, "ideogram4/text_to_image"),
         "ideogram4_quality.json": one_node_sampler_workflow("Quality 48", 2048, 2048, "ideogram4/quality"),
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
         "ideogram4_native_interop.json": native_interop_workflow(),
+        "ideogram4_caption_studio.json": caption_studio_workflow(),
         "ideogram4_lora.json": lora_workflow(),
     }
 

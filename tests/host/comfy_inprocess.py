@@ -94,8 +94,8 @@ def _import_host(host_dir: str) -> types.SimpleNamespace:
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE_NAME] = pack
     spec.loader.exec_module(pack)
-    for name in ("compat", "dit_loader", "extension", "lora_loader", "model_wrapper", "noise_latent", "progress",
-                 "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
+    for name in ("compat", "dit_loader", "extension", "lora_loader", "model_wrapper", "noise_latent", "precision",
+                 "progress", "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
         importlib.import_module(f"{PACK_MODULE_NAME}.nodes.{name}")
     return types.SimpleNamespace(path=pathlib.Path(host_dir), pack=pack, nodes=sys.modules[f"{PACK_MODULE_NAME}.nodes"])
 

@@ -17,6 +17,7 @@ import tiny_host_models as tiny  # noqa: E402  (imports torch and the core; only
 
 # Node id -> (display name, input names in order, output types): the team contract.
 CONTRACT = {
+    "Ideogram4RefCaption": ("Ideogram 4 Caption (reference)", ["state"], ["STRING", "INT", "INT"]),
     "Ideogram4RefDiTLoader": ("Ideogram 4 DiT Loader (reference)",
                               ["cond_model_name", "uncond_model_name", "weight_dtype", "compile_blocks"],
                               ["MODEL", "MODEL"]),

@@ -8,8 +8,6 @@ exactly its result.
 
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
@@ -90,20 +88,49 @@ def test_native_vae_encode_node_gives_the_core_latent(host, pack_vae, core_vae):
     assert torch.equal(latent["samples"], expected)
 
 
-def test_decode_node_reuses_a_native_flux2_vae_with_ideogram_normalisation(host, core_vae, models):
-    """A native ComfyUI FLUX.2 VAE keeps its autoencoder (ComfyUI key layout, with the FLUX.2 bn statistics) in
-    ``first_stage_model``; the pack node decodes with those weights and Ideogram's constants, not the bn stats."""
-    from safetensors.torch import load_file
+def native_flux2_vae(models):
+    """A ComfyUI ``VAE`` object as ComfyUI builds one for a FLUX.2 file: its autoencoder (ComfyUI key layout, with
+    the FLUX.2 ``bn`` statistics) in ``first_stage_model``, owned by its own patcher. ComfyUI's FLUX.2 autoencoder
+    has fixed full-size channels, so the tiny stand-in's weights sit in the core module of the same layout."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.sd
+    from ideogram4.vae_checkpoint import load_vae
 
-    state = load_file(str(models / "vae" / tiny.VAE_FILE))
-    state["bn.running_mean"] = torch.full_like(state["bn.running_mean"], 0.5)  # would shift colours if used
-    first_stage = torch.nn.Module()
-    first_stage.state_dict = lambda: state
-    native_like = types.SimpleNamespace(first_stage_model=first_stage)
+    first_stage = load_vae(models / "vae" / tiny.VAE_FILE, dtype=torch.float32)
+    first_stage.bn = torch.nn.BatchNorm2d(128)
+    first_stage.bn.running_mean.fill_(0.5)  # would shift colours if used
+    vae = comfy.sd.VAE.__new__(comfy.sd.VAE)
+    vae.first_stage_model = first_stage
+    vae.vae_dtype = torch.float32
+    device = comfy.model_management.get_torch_device()
+    vae.patcher = comfy.model_patcher.ModelPatcher(first_stage, load_device=device, offload_device=device)
+    return vae
+
+
+def test_decode_node_reuses_a_native_flux2_vae_with_ideogram_normalisation(host, core_vae, models, monkeypatch):
+    """The pack node decodes a native FLUX.2 VAE with its weights and Ideogram's constants (not the bn stats),
+    borrowing those weights for the call (no copy) and adding nothing to ComfyUI's VAE object."""
+    vae_nodes = host.nodes.vae_nodes
+    vae = native_flux2_vae(models)
+    attributes = dict(vars(vae))
+    borrowed = []
+    original_load_vae = vae_nodes.load_vae
+
+    def recording_load_vae(*args, **kwargs):
+        borrowed.append(original_load_vae(*args, **kwargs))
+        return borrowed[-1]
+
+    monkeypatch.setattr(vae_nodes, "load_vae", recording_load_vae)
     latent = random_latent()
-    (image,) = comfy_inprocess.run_node(host.nodes.vae_nodes.VAEDecode, samples={"samples": latent},
-                                        vae=native_like, tiled=False)
-    assert torch.equal(image, core_decode(core_vae, latent))
+    for _ in range(2):
+        (image,) = comfy_inprocess.run_node(vae_nodes.VAEDecode, samples={"samples": latent}, vae=vae, tiled=False)
+        assert torch.equal(image, core_decode(core_vae, latent))
+    assert vars(vae) == attributes
+    native_storage = {tensor.data_ptr() for tensor in vae.first_stage_model.state_dict().values()}
+    assert len(borrowed) == 2
+    for model in borrowed:
+        assert {tensor.data_ptr() for tensor in model.state_dict().values()} <= native_storage
 
 
 def test_decode_rejects_a_latent_of_another_model(host, pack_vae):

@@ -13,6 +13,7 @@ from PIL import Image
 from host_session import (
     WORKFLOW_NAMES,
     load_workflow,
+    node_error_message,
     run_ok,
     serve,
     the_node,
@@ -20,14 +21,17 @@ from host_session import (
 )
 from workflow_api import validate_workflow
 
+import build_workflows
+
 pytestmark = pytest.mark.host
 
 PACK_NODES = {
     "Ideogram4RefDiTLoader", "Ideogram4RefTextEncoderLoader", "Ideogram4RefTextEncode", "Ideogram4RefSampler",
     "Ideogram4RefScheduler", "Ideogram4RefGuider", "Ideogram4RefNoise", "Ideogram4RefEmptyLatent",
-    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefLoraLoader",
+    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefCaption", "Ideogram4RefLoraLoader",
 }
-EXPECTED_WORKFLOWS = ["ideogram4_lora.json", "ideogram4_native_interop.json", "ideogram4_quality.json", "ideogram4_text_to_image.json",
+EXPECTED_WORKFLOWS = ["ideogram4_caption_studio.json", "ideogram4_inpaint.json", "ideogram4_lora.json",
+                      "ideogram4_native_interop.json", "ideogram4_quality.json", "ideogram4_text_to_image.json",
                       "ideogram4_turbo.json"]
 # Small sizes keep the tiny models fast; the 2048 preset is run at 128 to keep its aspect of "bigger".
 RUN_SIZES = {"ideogram4_quality.json": (128, 128)}
@@ -35,7 +39,19 @@ RUN_SIZES = {"ideogram4_quality.json": (128, 128)}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    yield from serve(tmp_path_factory, "workflows")
+    for running in serve(tmp_path_factory, "workflows"):
+        write_inpaint_image(running.work_dir / "input" / build_workflows.INPAINT_IMAGE)
+        yield running
+
+
+def write_inpaint_image(path, size=(64, 64)):
+    """The inpainting example's input: an RGBA picture whose right half is transparent, which Load Image turns
+    into a mask of 1 there (what the mask editor saves)."""
+    width, height = size
+    image = Image.new("RGBA", size)
+    image.putdata([(4 * x % 256, 4 * y % 256, 128, 255 if x < width // 2 else 0)
+                   for y in range(height) for x in range(width)])
+    image.save(path)
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +131,32 @@ def test_different_seeds_give_different_images(server):
     a = _decode_png(run_ok(server, first)[1][0])
     b = _decode_png(run_ok(server, second)[1][0])
     assert a.tobytes() != b.tobytes()
+
+
+def test_caption_route_answers_each_problem_at_its_path(server):
+    caption = {"compositional_deconstruction": {"elements": [{"type": "obj", "bbox": [0, 10, 0, 1200], "desc": "x"}]}}
+    status, data = server.client._request("POST", "/api/ideogram4_ref/caption/validate", {"caption": caption})
+    answer = json.loads(data)
+    assert status == 200 and not answer["ok"]
+    assert [p["path"] for p in answer["problems"]] == [
+        "$.compositional_deconstruction", "$.compositional_deconstruction.elements[0].bbox[3]"]
+    caption["compositional_deconstruction"] = {"background": "ciel étoilé", "elements": []}
+    status, data = server.client._request("POST", "/api/ideogram4_ref/caption/validate", {"text": json.dumps(caption)})
+    answer = json.loads(data)
+    assert answer["ok"] and answer["canonical"] == '{"compositional_deconstruction":{"background":"ciel étoilé","elements":[]}}'
+
+
+def test_options_route_gives_the_preset_values(server):
+    options = server.client.get_json("/api/ideogram4_ref/options")
+    assert options["presets"]["Quality 48"] == {"steps": 48, "mu": 0.0, "std": 1.5, "guidance_schedule": "7x45,3x3"}
+    assert options["custom_preset"] == "Custom"
+
+
+def test_caption_node_refuses_a_broken_caption_when_queued(server):
+    prompt = workflow_prompt(server, "ideogram4_caption_studio.json")
+    state = json.loads(the_node(prompt, "Ideogram4RefCaption")["inputs"]["state"])
+    del state["caption"]["compositional_deconstruction"]["background"]
+    the_node(prompt, "Ideogram4RefCaption")["inputs"]["state"] = json.dumps(state)
+    message = node_error_message(server, prompt)
+    assert "Ideogram 4 Caption" in message
+    assert '$.compositional_deconstruction: missing required key "background"' in message

@@ -28,6 +28,7 @@ DOWNLOAD_HINTS = {
         ("https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/flux2-vae.safetensors", "vae"),
 }
 PRESET_OF_FILE = {
+    "ideogram4_inpaint.json": ("Default 20", 20, 1024),
     "ideogram4_text_to_image.json": ("Default 20", 20, 1024),
     "ideogram4_quality.json": ("Quality 48", 48, 2048),
     "ideogram4_turbo.json": ("Turbo 12", 12, 1024),
@@ -41,9 +42,12 @@ def _object_info_from_build_schemas() -> dict:
     info = {}
     for node_type, (inputs, outputs) in build_workflows.SCHEMAS.items():
         optional = build_workflows.OPTIONAL_INPUTS.get(node_type, set())
+        uploads = build_workflows.UPLOAD_INPUTS.get(node_type, set())
         groups = {"required": {}, "optional": {}}
         for name, kind, _ in inputs:
             options = {"control_after_generate": True} if name == "seed" else {}
+            if name in uploads:
+                options["image_upload"] = True
             groups["optional" if name in optional else "required"][name] = [kind, options]
         info[node_type] = {"input": groups, "input_order": {group: list(groups[group]) for group in groups},
                            "output": [t for _, t in outputs], "output_name": [n for n, _ in outputs]}

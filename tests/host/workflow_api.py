@@ -7,7 +7,8 @@ takes): ``{node_id: {"class_type": ..., "inputs": {name: value | [origin_id, ori
 Widget order is the node's input order from ``/object_info`` (``input_order`` where the host sends it, else the
 order of ``required`` then ``optional``), counting only inputs the frontend draws as widgets. An INT with
 ``control_after_generate`` (or named ``seed`` / ``noise_seed``, the frontend's legacy rule) has one extra entry
-right after it (``"fixed"``, ``"randomize"``, ...). Note nodes are frontend-only and are skipped. Only plain
+right after it (``"fixed"``, ``"randomize"``, ...), and a combo with ``image_upload`` one for its upload button
+(``"image"``). Note nodes are frontend-only and are skipped. Only plain
 graphs are handled: no subgraphs, no bypassed or muted nodes, no primitive/reroute nodes.
 """
 
@@ -52,12 +53,13 @@ def _has_control_after_generate(name: str, spec: list) -> bool:
 
 
 def widget_slots(node_info: dict) -> list[tuple[str | None, list | None]]:
-    """One entry per ``widgets_values`` position: (input name, spec), or (None, None) for a control entry."""
+    """One entry per ``widgets_values`` position: (input name, spec), or (None, None) for a control or upload
+    entry."""
     slots = []
     for name, spec in _input_specs(node_info):
         if _is_widget(spec):
             slots.append((name, spec))
-            if _has_control_after_generate(name, spec):
+            if _has_control_after_generate(name, spec) or _options(spec).get("image_upload"):
                 slots.append((None, None))
     return slots
 
