@@ -60,12 +60,14 @@ from .quantization import (
     COMFY_FP8_FORMATS,
     QuantizedWeight,
     as_row_scale,
+    fp8_scaling,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
 )
 from .weight_files import describe_model_kind
 from .safetensors_io import (
+    SAFETENSORS_DTYPES,
     CheckpointError,
     SafetensorsSource,
     find_config_json,
@@ -87,8 +89,8 @@ __all__ = [
 
 # Appended to each file error, which already says what was found and what to do: kept to one short sentence.
 SUPPORTED_LAYOUTS = (
-    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16/fp8/nf4; Comfy-Org fp8_scaled; "
-    "diffusers layout), single or sharded, or .gguf."
+    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16/fp8/nf4; Comfy-Org; diffusers layout), "
+    "single or sharded, or GGUF."
 )
 
 # Prefixes under which a DiT state dict is found, most specific first; "" = bare keys.
@@ -343,40 +345,22 @@ def _quant_for(plan_label, source, local, name, dtype, shape, comfy, comfy_scale
                     f"{', '.join(COMFY_NATIVE_FORMATS)}). Use ideogram4_fp8_scaled.safetensors or a GGUF file. "
                     f"{SUPPORTED_LAYOUTS}")
             return _Quant("comfy", comfy_format=fmt, comfy_keys=comfy_keys)
-        if FP8_HEADER_DTYPES.get(dtype) != storage:
-            raise CheckpointError(
-                f"{plan_label}: layer {layer!r} is marked {fmt!r} by comfy_quant but its weight is stored as {dtype}."
-            )
-        scale_key = comfy_scales.get(layer) or ""
-        if not scale_key:
-            raise CheckpointError(f"{plan_label}: fp8 layer {layer!r} has a comfy_quant entry but no weight_scale.")
-        scale_shape = source.entries[scale_key][1]
-        if _numel(scale_shape) != 1:
-            raise CheckpointError(
-                f"{plan_label}: {scale_key!r} should be a single per-tensor scale for comfy_quant format {fmt!r}, "
-                f"found shape {list(scale_shape)}."
-            )
+        scale_key = comfy_scales.get(layer) or None
+        _scaling(plan_label, name, scale_key, source, dtype, shape, fmt)
         return _Quant("per_tensor", scale_key, comfy_inputs.get(layer), comfy_format=fmt, comfy_keys=comfy_keys)
 
     scale_key = local.get(layer + ".weight_scale") if layer is not None else None
-    if dtype not in FP8_HEADER_DTYPES:
-        if scale_key is not None:
-            raise CheckpointError(
-                f"{plan_label}: {scale_key!r} scales a weight stored as {dtype}, not fp8; this quantisation is not "
-                f"supported. {SUPPORTED_LAYOUTS}"
-            )
-        return None
-    if scale_key is None:
-        return _Quant("unscaled")
-    scale_shape = tuple(source.entries[scale_key][1])
-    if len(shape) == 2 and scale_shape in ((shape[0],), (shape[0], 1)):
-        return _Quant("rowwise", scale_key)
-    if _numel(scale_shape) == 1:
-        return _Quant("per_tensor", scale_key)
-    raise CheckpointError(
-        f"{plan_label}: shape mismatch for {scale_key!r}: expected a per-row scale ({shape[0]},) or a single "
-        f"per-tensor scale for weight shape {list(shape)}, found {list(scale_shape)}."
-    )
+    kind = _scaling(plan_label, name, scale_key, source, dtype, shape)
+    return None if kind is None else _Quant(kind, scale_key if kind != "unscaled" else None)
+
+
+def _scaling(plan_label, name, scale_key, source, dtype, shape, comfy_format=None) -> str | None:
+    """:func:`ideogram4.quantization.fp8_scaling` from the header, its errors naming the file and the layouts."""
+    try:
+        return fp8_scaling(f"{plan_label}: {scale_key or name!r}", SAFETENSORS_DTYPES.get(dtype), shape,
+                           source.entries[scale_key][1] if scale_key else None, comfy_format)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} {SUPPORTED_LAYOUTS}") from None
 
 
 def _numel(shape) -> int:
@@ -631,7 +615,10 @@ def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_quantized: bool
         parts = plan.entries[key]
         tensors, extras = [], []
         for part in parts:
-            tensors.append(next(stored)[1])
+            tensor = next(stored)[1]
+            if part.quant is not None and part.quant.comfy_format in COMFY_FP8_FORMATS and tensor.dtype == torch.uint8:
+                tensor = tensor.view(COMFY_FP8_FORMATS[part.quant.comfy_format])  # older ComfyUI files: fp8 as bytes
+            tensors.append(tensor)
             extras.append({extra: next(stored)[1] for extra in (part.quant.extra_keys if part.quant else ())})
         kinds = {part.quant.kind if part.quant else None for part in parts}
         layer = key[: -len(".weight")]

@@ -42,12 +42,12 @@ def is_gguf_file(path: str | pathlib.Path) -> bool:
 
 @dataclass(frozen=True)
 class GGUFSource:
-    """A GGUF file's header: ``entries`` (key -> (GGML type name, shape)), ``metadata`` (string/number fields)
+    """A GGUF file's header: ``entries`` (key -> (GGML type name, shape)), ``metadata`` (scalar fields as strings)
     and, per key, the file's own tensor name and GGML type number."""
 
     path: pathlib.Path
     entries: dict[str, tuple[str, list[int]]]
-    metadata: dict[str, object]
+    metadata: dict[str, str]
     file_names: dict[str, str]
     qtypes: dict[str, int]
     reader: object
@@ -95,7 +95,9 @@ def open_gguf(path: str | pathlib.Path, rename: Callable[[str], str | None] | No
     except (ValueError, OSError, IndexError, KeyError) as error:
         raise CheckpointError(f"{path}: not a readable GGUF file ({type(error).__name__}: {error}); the file is "
                               "truncated or damaged; re-download it.") from None
-    metadata = {name: _field_value(field) for name, field in reader.fields.items()}
+    # Strings, as a safetensors header's metadata (arrays such as the tokenizer's vocabulary are left out).
+    metadata = {name: str(value) for name, field in reader.fields.items()
+                if (value := _field_value(field)) is not None}
     entries, file_names, qtypes = {}, {}, {}
     unsupported = {}
     for tensor in reader.tensors:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 
 import torch
 
@@ -83,6 +84,45 @@ def parse_comfy_quant(tensor: torch.Tensor, where: str = "comfy_quant") -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("format"), str):
         raise CheckpointError(f'{where}: expected a JSON object with a "format" string, found {config!r}.')
     return config
+
+
+def fp8_scaling(where: str, weight_dtype: torch.dtype, weight_shape, scale_shape, comfy_format: str | None = None
+                ) -> str | None:
+    """How a stored weight is scaled, from its dtype and shape and its sidecars' — the one reading of the fp8
+    sidecars, for the DiT and the text encoder alike.
+
+    weight_dtype / weight_shape: the weight as stored (uint8 is fp8 bytes in older ComfyUI files when a
+    ``comfy_quant`` entry names the format); scale_shape: the shape of its ``weight_scale`` (or the older
+    ``scale_weight``), None when it has none; comfy_format: the ``comfy_quant`` format, if any (an fp8 one).
+    Returns "rowwise" (scale ``(out,)`` or ``(out, 1)``), "per_tensor" (one value), "unscaled" (fp8 without a scale,
+    used as stored as ComfyUI does) or None for a plain weight. Raises CheckpointError, prefixed with ``where``, for
+    any other combination.
+    """
+    if comfy_format is not None:
+        storage = COMFY_FP8_FORMATS[comfy_format]
+        if weight_dtype not in (storage, torch.uint8):
+            raise CheckpointError(f"{where}: marked {comfy_format!r} by comfy_quant but stored as {weight_dtype}.")
+        if scale_shape is None:
+            raise CheckpointError(f"{where}: has a comfy_quant entry but no weight_scale.")
+        if math.prod(scale_shape) != 1:
+            raise CheckpointError(f"{where}: the weight_scale should be a single per-tensor scale for comfy_quant "
+                                  f"format {comfy_format!r}, found shape {list(scale_shape)}.")
+        return "per_tensor"
+    if weight_dtype not in FP8_DTYPES:
+        if scale_shape is not None:
+            raise CheckpointError(f"{where}: has a weight scale but is stored as {weight_dtype}, not float8; this "
+                                  "quantisation is not supported.")
+        return None
+    if scale_shape is None:
+        return "unscaled"
+    scale_shape = tuple(scale_shape)
+    if len(weight_shape) == 2 and scale_shape in ((weight_shape[0],), (weight_shape[0], 1)):
+        return "rowwise"
+    if math.prod(scale_shape) == 1:
+        return "per_tensor"
+    raise CheckpointError(f"{where}: shape mismatch: the weight scale fits neither per-tensor (one value) nor per-row "
+                          f"({weight_shape[0]},) scaling of a weight of shape {list(weight_shape)}; found "
+                          f"{list(scale_shape)}.")
 
 
 def rowwise_scale_from_per_tensor(scale: torch.Tensor, rows: int) -> torch.Tensor:

@@ -49,6 +49,7 @@ from .quantization import (
     FP8_DTYPES,
     QuantizedWeight,
     as_row_scale,
+    fp8_scaling,
     parse_comfy_quant,
 )
 from .safetensors_io import (
@@ -61,6 +62,7 @@ from .safetensors_io import (
 from .text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts, num_layers_to_build
 from .tokens import find_tokenizer_dir, load_tokenizer
 from .weight_files import describe_model_kind
+from .dit_checkpoint import COMFY_NATIVE_FORMATS
 
 # The key that identifies a Qwen3 decoder (per-head q norm) and, by what precedes it, the language model prefix.
 _Q_NORM_SUFFIX = "layers.0.self_attn.q_norm.weight"
@@ -219,10 +221,26 @@ def _check_gguf_architecture(source, label: str) -> None:
         "have other weights. Use a Qwen3-VL-8B-Instruct GGUF or qwen3vl_8b_fp8_scaled.safetensors. " + SUPPORTED_LAYOUTS)
 
 
+def _comfy_native_layers(source) -> dict[str, str]:
+    """``<layer>.`` -> format, for the layers stored in a ComfyUI format only ComfyUI's own quantised layers read
+    (Comfy-Org qwen3vl_8b_nvfp4)."""
+    if isinstance(source, GGUFSource):
+        return {}
+    keys = [key for key in source.entries if key.endswith(".comfy_quant")]
+    found = {}
+    for key, tensor in (_read(source, keys) if keys else ()):
+        quant_format = parse_comfy_quant(tensor, where=f"{source.path}: {key}")["format"]
+        if quant_format in COMFY_NATIVE_FORMATS:
+            found[key[: -len("comfy_quant")]] = quant_format
+    return found
+
+
 def _logical_shapes(source) -> dict[str, list[int]]:
     """Every tensor's shape as the model sees it: nf4 weights take theirs from the bitsandbytes quant state (stored,
     they are a column of bytes)."""
     shapes = {key: list(shape) for key, (_, shape) in source.entries.items()}
+    for layer, quant_format in _comfy_native_layers(source).items():
+        shapes[layer + "weight"][-1] *= COMFY_NATIVE_FORMATS[quant_format]
     state_keys = [key for key in source.entries if key.endswith(_BNB_STATE_SUFFIX)]
     for key, blob in (_read(source, state_keys) if state_keys else ()):
         try:
@@ -297,7 +315,8 @@ def _weight_sidecars(key: str, entries: dict) -> dict[str, str]:
     layer = key[: -len("weight")]
     roles = {"comfy_quant": layer + "comfy_quant", "weight_scale": layer + "weight_scale",
              "scale_weight": layer + "scale_weight", "absmax": key + ".absmax", "quant_map": key + ".quant_map",
-             "quant_state": key + _BNB_STATE_SUFFIX}
+             "quant_state": key + _BNB_STATE_SUFFIX, "weight_scale_2": layer + "weight_scale_2",
+             "input_scale": layer + "input_scale"}
     return {role: sidecar for role, sidecar in roles.items() if sidecar in entries}
 
 
@@ -306,6 +325,7 @@ def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
     """A stored tensor and its quantisation sidecars -> (weight, scale or None): the weight as stored (uint8 bytes
     of old ComfyUI files viewed as their fp8 dtype), the scale as stored (one value or per row)."""
     where = f"{label}: {key}"
+    quant_format = None
     if "comfy_quant" in sidecars:
         quant_key = where[: -len("weight")] + "comfy_quant"
         quant_format = parse_comfy_quant(sidecars["comfy_quant"], where=quant_key)["format"]
@@ -314,19 +334,12 @@ def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
                 f"{where}: uses ComfyUI quantisation format {quant_format!r}, which this pack does not de-quantise "
                 f"(supported: {sorted(COMFY_FP8_FORMATS)}). Use qwen3vl_8b_fp8_scaled.safetensors or the bf16 weights."
             )
-        if weight.dtype == torch.uint8:  # older ComfyUI files store fp8 bytes as uint8
-            weight = weight.view(COMFY_FP8_FORMATS[quant_format])
     scale = sidecars.get("weight_scale", sidecars.get("scale_weight"))
-    if scale is None:
-        return weight, None
-    if weight.dtype not in FP8_DTYPES:
-        raise CheckpointError(f"{where}: has a weight scale but is stored as {weight.dtype}, not float8.")
-    if scale.numel() == 1 or (weight.dim() == 2 and scale.shape == (weight.shape[0],)):
-        return weight, scale
-    raise CheckpointError(
-        f"{where}: weight scale of shape {tuple(scale.shape)} fits neither per-tensor (one value) nor per-row "
-        f"({weight.shape[0]},) scaling of a weight of shape {tuple(weight.shape)}."
-    )
+    kind = fp8_scaling(where, weight.dtype, tuple(weight.shape), None if scale is None else tuple(scale.shape),
+                       quant_format)
+    if quant_format is not None and weight.dtype == torch.uint8:  # older ComfyUI files store fp8 bytes as uint8
+        weight = weight.view(COMFY_FP8_FORMATS[quant_format])
+    return weight, scale if kind in ("rowwise", "per_tensor") else None
 
 
 def _check_shapes(expected: dict[str, tuple[int, ...]], shapes: dict[str, list[int]], layout: TextEncoderLayout
@@ -376,6 +389,7 @@ def load_text_encoder_model(
     device=None,
     operations=None,
     keep_quantized_with: KeepQuantized | None = None,
+    comfy_operations: Callable[[list[str]], object] | None = None,
 ) -> tuple[Qwen3VLTextEncoder, TextEncoderLayout]:
     """Build the encoder and fill it from ``path`` (quantised weights de-quantised to ``dtype`` once).
 
@@ -388,15 +402,31 @@ def load_text_encoder_model(
     sidecars)`` (an :class:`ideogram4.quantization.QuantizedWeight`, the stored weight, the sidecar tensors it
     names), which must make the Linear hold them and de-quantise per call; a per-tensor fp8 scale becomes the
     equivalent per-row one. The ComfyUI nodes pass their quantised-layer maker.
+
+    comfy_operations: for files whose layers are stored in a ComfyUI format only ComfyUI's own quantised layers read
+    (Comfy-Org ``qwen3vl_8b_nvfp4``): called with those formats, returns the layers to build the encoder with (and
+    may refuse). Every ComfyUI-quantised layer of such a file is then handed its stored tensors unchanged.
     """
     layout = inspect_text_encoder_checkpoint(path)
     source = _open(layout.path)
-    model = Qwen3VLTextEncoder(layout.config, dtype=dtype, device="meta", operations=operations)
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    native = _comfy_native_layers(source)
+    target_device = torch.device(device) if device is not None else torch.device("cpu")
+    if native:
+        formats = sorted(set(native.values()))
+        if comfy_operations is None:
+            raise CheckpointError(
+                f"{layout.path}: stored in ComfyUI's {', '.join(formats)} format, which only ComfyUI's own quantised "
+                "layers read; load it in ComfyUI, or use qwen3vl_8b_fp8_scaled.safetensors. " + SUPPORTED_LAYOUTS)
+        operations = comfy_operations(formats)
+    # ComfyUI's quantised layers keep their weights on the device they were built on, so such a model is built there.
+    model = Qwen3VLTextEncoder(layout.config, dtype=dtype, device=target_device if native else "meta",
+                               operations=operations)
+    # The tensors the architecture needs (ComfyUI's quantised layers list theirs only once loaded).
+    expected = {key: tuple(tensor.shape) for key, tensor in
+                Qwen3VLTextEncoder(layout.config, dtype=dtype, device="meta").state_dict().items()}
     shapes = _logical_shapes(source)
     _check_shapes(expected, shapes, layout)
 
-    target_device = torch.device(device) if device is not None else torch.device("cpu")
     sidecar_keys = {key: _weight_sidecars(layout.prefix + key, source.entries) for key in expected}
     order = [k for key in expected for k in (layout.prefix + key, *sidecar_keys[key].values())]
     stored = _read(source, order)
@@ -407,6 +437,10 @@ def load_text_encoder_model(
         sidecars = {role: next(stored)[1] for role in sidecar_keys[key]}
         tensor = tensor.to(target_device)
         layer = key.rpartition(".")[0]
+        if native and "comfy_quant" in sidecars:
+            state_dict[key] = tensor  # ComfyUI's layer reads the weight and its sidecars as stored
+            state_dict.update({f"{layer}.{role}": value.to(target_device) for role, value in sidecars.items()})
+            continue
         weight, quantized, layer_sidecars = _stored_weight(source, file_key, tensor, sidecars, expected[key], label)
         if quantized is None:
             # Plain tensors in ``dtype``; unscaled fp8 weights are used as stored, as ComfyUI does.
@@ -433,19 +467,21 @@ def load_text_encoder(
     operations=None,
     tokenizer_dir: str | pathlib.Path | None = None,
     keep_quantized_with: KeepQuantized | None = None,
+    comfy_operations: Callable[[list[str]], object] | None = None,
 ) -> LoadedTextEncoder:
     """Load the Qwen3-VL text encoder and its tokenizer.
 
     path: a file, shard index or folder in one of the layouts of the module docstring. dtype: weight and
     compute dtype (bf16 = official). operations: layer namespace (:mod:`ideogram4.ops`). tokenizer_dir: the
     tokenizer folder; when None, a ``tokenizer/`` folder beside the weights, else a ComfyUI host's
-    ``qwen25_tokenizer`` (:func:`ideogram4.tokens.find_tokenizer_dir`). keep_quantized_with: see
+    ``qwen25_tokenizer`` (:func:`ideogram4.tokens.find_tokenizer_dir`). keep_quantized_with, comfy_operations: see
     :func:`load_text_encoder_model`.
     """
     # Find the tokenizer before reading gigabytes of weights, so a missing one fails fast.
     found_tokenizer_dir = find_tokenizer_dir(weights_path=path, tokenizer_dir=tokenizer_dir)
     encoder, layout = load_text_encoder_model(path, dtype=dtype, device=device, operations=operations,
-                                              keep_quantized_with=keep_quantized_with)
+                                              keep_quantized_with=keep_quantized_with,
+                                              comfy_operations=comfy_operations)
     return LoadedTextEncoder(
         encoder=encoder, tokenizer=load_tokenizer(found_tokenizer_dir), layout=layout,
         tokenizer_dir=found_tokenizer_dir,

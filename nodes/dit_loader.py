@@ -28,7 +28,12 @@ from ..ideogram4.dit_checkpoint import DiTCheckpoint, DiTCheckpointInfo, check_d
 from ..ideogram4.quantization import QuantizedWeight, quantize_fp8_rowwise, supports_fp8_matmul
 
 from . import compat
-from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
+from .quantized_ops import (
+    Ideogram4QuantizedOps,
+    QuantizedWeightPatching,
+    comfy_operations_for,
+    make_quantized_layer,
+)
 from .model_folders import model_file_list, model_file_path
 from .model_wrapper import Ideogram4Model, Ideogram4ModelConfig
 from .precision import dit_compute_dtype
@@ -67,7 +72,10 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     comfy_formats = sorted({spec.comfy_format for spec in quantized.values() if spec.kind == "comfy"})
     if comfy_formats:
         # Comfy-Org int8 / nvfp4 files: every ComfyUI-quantised layer goes to ComfyUI's own quantised layers.
-        config.custom_operations = comfy_operations_for(checkpoint.path, comfy_formats, compute_dtype, load_device)
+        config.custom_operations = comfy_operations_for(
+            "Ideogram 4 DiT Loader", checkpoint.path, comfy_formats, compute_dtype, load_device,
+            "ideogram4_fp8_scaled.safetensors (Comfy-Org), a GGUF (ideogram4-Q8_0.gguf, -Q4_0 ...) or the official "
+            "ideogram-4-fp8 / ideogram-4-nf4 weights")
         config.set_inference_dtype(compute_dtype, compute_dtype)
     elif quantized:
         config.custom_operations = Ideogram4QuantizedOps
@@ -90,20 +98,6 @@ def build_dit_patcher(checkpoint: DiTCheckpoint, compute_dtype: torch.dtype, qua
     except ValueError as error:
         raise ValueError(f"Ideogram 4 DiT {checkpoint.path}: {error}") from None
     return patcher
-
-
-def comfy_operations_for(path: str, formats: list[str], compute_dtype: torch.dtype, load_device):
-    """ComfyUI's quantised layers for a file in ComfyUI's ``formats``, or a ValueError saying which ComfyUI reads it
-    and which files work on this one."""
-    missing = [fmt for fmt in formats if fmt not in compat.comfy_quant_formats()]
-    if missing:
-        raise ValueError(
-            f"Ideogram 4 DiT Loader: {path} is stored in ComfyUI's {', '.join(missing)} format, which only ComfyUI's "
-            f"own quantised layers (comfy.quant_ops) read; this ComfyUI lacks them. Update ComfyUI (version "
-            f"{compat.COMFY_QUANT_OPS_VERSION} reads them), or use a file that works here: "
-            "ideogram4_fp8_scaled.safetensors (Comfy-Org), a GGUF (ideogram4-Q8_0.gguf, -Q4_0 ...) or the official "
-            "ideogram-4-fp8 / ideogram-4-nf4 weights.")
-    return compat.comfy_quantized_operations(compute_dtype, load_device)
 
 
 def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str, pair_checked: bool = False):
@@ -136,8 +130,7 @@ def load_dit_patchers(cond_path: str, uncond_path: str, weight_dtype: str, pair_
 def says_unconditional(info: DiTCheckpointInfo) -> bool:
     """Whether the file's name, its folder (the official ``unconditional_transformer/``) or its safetensors
     metadata call it the unconditional transformer."""
-    metadata = [value for value in info.metadata.values() if isinstance(value, str)]  # GGUF has numbers too
-    where = [os.path.basename(info.path), os.path.basename(os.path.dirname(info.path)), *metadata]
+    where = [os.path.basename(info.path), os.path.basename(os.path.dirname(info.path)), *info.metadata.values()]
     return any("uncond" in text.lower() for text in where)
 
 

@@ -32,7 +32,6 @@ from ..ideogram4.quantization import QuantizedWeight, fp8_matmul_linear
 from . import compat
 from .compat import PyTorchStateDictLoading
 
-FP8_STORAGE_DTYPE = torch.float8_e4m3fn
 HAS_UNCAST = compat.has_offloadable_cast()
 # The attribute of a quantised layer's weight Parameter that carries the patches a full load gave it.
 PATCH_ATTRIBUTE = "ideogram4_weight_patch"
@@ -193,14 +192,14 @@ def make_quantized_layer(linear: torch.nn.Module, quantized: QuantizedWeight, st
     linear.quantized = quantized
 
 
-def make_fp8_layer(linear: torch.nn.Module, weight_scale: torch.Tensor,
-                   storage_dtype: torch.dtype = FP8_STORAGE_DTYPE) -> None:
-    """Turn ``linear`` into an fp8 row-wise layer: an fp8 weight of its shape and a ``weight_scale`` (out,) float32
-    Parameter; ``load_state_dict`` then loads both without converting the fp8 weight."""
-    shape = (linear.out_features, linear.in_features)
-    if tuple(weight_scale.shape) != (shape[0],):
-        raise ValueError(f"weight_scale of shape {tuple(weight_scale.shape)} does not fit a Linear with "
-                         f"{shape[0]} output rows")
-    make_quantized_layer(linear, QuantizedWeight("fp8_rowwise", shape),
-                         torch.empty(shape, dtype=storage_dtype, device="meta"),
-                         {"weight_scale": weight_scale.to(torch.float32)})
+def comfy_operations_for(node: str, path, formats: list[str], compute_dtype: torch.dtype, load_device,
+                         alternatives: str):
+    """ComfyUI's own quantised layers for a file stored in ComfyUI's ``formats`` (Comfy-Org int8 / nvfp4), or a
+    ValueError naming ``node``, the file, the ComfyUI version that reads it and the ``alternatives`` that work here."""
+    missing = [fmt for fmt in formats if fmt not in compat.comfy_quant_formats()]
+    if missing:
+        raise ValueError(
+            f"{node}: {path} is stored in ComfyUI's {', '.join(missing)} format, which only ComfyUI's own quantised "
+            f"layers (comfy.quant_ops) read; this ComfyUI lacks them. Update ComfyUI (version "
+            f"{compat.COMFY_QUANT_OPS_VERSION} reads them), or use a file that works here: {alternatives}.")
+    return compat.comfy_quantized_operations(compute_dtype, load_device)

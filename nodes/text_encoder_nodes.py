@@ -26,7 +26,12 @@ from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_enc
 from . import compat
 from .model_folders import model_file_list, model_file_path
 from .precision import text_encoder_compute_dtype
-from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
+from .quantized_ops import (
+    Ideogram4QuantizedOps,
+    QuantizedWeightPatching,
+    comfy_operations_for,
+    make_quantized_layer,
+)
 from .settings import CATEGORY, raise_problems, validation_result
 
 TEXT_ENCODER_FOLDER = "text_encoders"
@@ -65,8 +70,13 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
     dtype = text_encoder_compute_dtype(load_device)
-    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4QuantizedOps,
-                               keep_quantized_with=make_quantized_layer)
+    loaded = load_text_encoder(
+        path, dtype=dtype, device=offload_device, operations=Ideogram4QuantizedOps,
+        keep_quantized_with=make_quantized_layer,
+        comfy_operations=lambda formats: comfy_operations_for(
+            "Ideogram 4 Text Encoder Loader", path, formats, dtype, load_device,
+            "qwen3vl_8b_fp8_scaled.safetensors (Comfy-Org), a Qwen3-VL-8B-Instruct GGUF or the official "
+            "ideogram-4-fp8 / ideogram-4-nf4 text_encoder"))
     return Ideogram4TextEncoder(loaded, load_device, offload_device)
 
 

@@ -14,6 +14,7 @@ import comfy_inprocess
 
 comfy_inprocess.skip_module_unless_in_host()
 
+import test_inprocess_model_management as model_management_tests  # noqa: E402  (the partial-load helper)
 import test_inprocess_sampler as sampler_tests  # noqa: E402  (the core oracle loop and the Sampler call)
 import tiny_host_models as tiny  # noqa: E402
 
@@ -155,22 +156,11 @@ def test_bf16_dequantises_the_quantised_files_once(host, models, kind):
 
 @pytest.mark.parametrize("kind", FORMATS)
 def test_partial_load_streams_quantised_layers_and_keeps_the_output_identical(host, models, kind):
-    import comfy.model_management
-
     cond, _ = comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name=pair_files(kind)[0],
                                        uncond_model_name=pair_files(kind)[1], weight_dtype="default")
-    dit = cond.model.diffusion_model
-    cpu = torch.device("cpu")
-    cond.load(cpu, lowvram_model_memory=0, full_load=True)
-    fully_loaded = velocity(dit)
-    cond.detach()
-    cond.load(cpu, lowvram_model_memory=int(cond.model_size() * 0.4))
-    assert cond.model.model_lowvram
-    assert any(hasattr(m, "prev_comfy_cast_weights") and getattr(m, "quantized", None) is not None
-               for m in dit.modules())
-    assert torch.equal(velocity(dit), fully_loaded)
-    cond.detach()
-    comfy.model_management.cleanup_models_gc()
+    fully_loaded, partially_loaded, (streamed, _) = model_management_tests.full_and_partial_load(cond, velocity)
+    assert streamed > 0
+    assert torch.equal(partially_loaded, fully_loaded)
 
 
 def velocity(dit) -> torch.Tensor:
@@ -345,3 +335,45 @@ def test_comfy_org_nvfp4_file_on_a_host_without_comfy_quant_ops_names_the_versio
         comfy_inprocess.run_node(host.nodes.dit_loader.DiTLoader, cond_model_name="ideogram4_nvfp4_mixed.safetensors",
                                  uncond_model_name="ideogram4_unconditional_nvfp4_mixed.safetensors",
                                  weight_dtype="default")
+
+
+def test_comfy_org_nvfp4_text_encoder_runs_through_comfys_quantised_layers(host, text_encoder_files,
+                                                                          text_encoder_state):
+    from safetensors.torch import load_file, save_file
+
+    from ideogram4.text_encoder import Qwen3VLTextEncoder
+
+    if not host_reads_comfy_quant(host):
+        pytest.skip("this host's comfy.quant_ops does not read nvfp4 (the refusal is tested below)")
+    path = text_encoder_files / "qwen3vl_format_nvfp4.safetensors"
+    save_file({"model." + k: v.contiguous() for k, v in comfy_quantised_state(text_encoder_state,
+                                                                              "nvfp4_mixed").items()}, str(path))
+    encoder, features = encoded(host, path.name)
+    q_proj = encoder.loaded.encoder.layers[0].self_attn.q_proj
+    assert "QuantizedTensor" in (type(q_proj.weight).__name__, type(q_proj.weight.data).__name__)
+    operations = host.nodes.compat.comfy_quantized_operations(torch.float32, torch.device("cpu"))
+    oracle = Qwen3VLTextEncoder(FORMAT_TEXT_CONFIG, dtype=torch.float32, operations=operations)
+    stored = {key[len("model."):]: value for key, value in load_file(str(path)).items()}
+    oracle.load_state_dict(stored, strict=True)
+    expected, _ = tiny_encode(encoder, oracle.eval())
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_comfy_org_nvfp4_text_encoder_on_a_host_without_comfy_quant_ops_is_refused(host, text_encoder_files,
+                                                                                  text_encoder_state):
+    from safetensors.torch import save_file
+
+    if host_reads_comfy_quant(host):
+        pytest.skip("this host reads nvfp4 through comfy.quant_ops (tested above)")
+    state = {"model." + k: v for k, v in text_encoder_state.items()}
+    weight = state["model.layers.0.self_attn.q_proj.weight"]
+    state["model.layers.0.self_attn.q_proj.weight"] = torch.zeros((weight.shape[0], weight.shape[1] // 2),
+                                                                  dtype=torch.uint8)
+    state["model.layers.0.self_attn.q_proj.weight_scale"] = torch.ones((weight.shape[0], weight.shape[1] // 16))
+    state["model.layers.0.self_attn.q_proj.weight_scale_2"] = torch.tensor(1.0)
+    state["model.layers.0.self_attn.q_proj.comfy_quant"] = torch.tensor(list(b'{"format": "nvfp4"}'),
+                                                                        dtype=torch.uint8)
+    save_file(state, str(text_encoder_files / "qwen3vl_8b_nvfp4.safetensors"))
+    with pytest.raises(ValueError, match=r"Ideogram 4 Text Encoder Loader: .*qwen3vl_8b_nvfp4\.safetensors is stored "
+                                         r"in ComfyUI's nvfp4 format.*version 0\.33.*qwen3vl_8b_fp8_scaled"):
+        encoded(host, "qwen3vl_8b_nvfp4.safetensors")

@@ -600,6 +600,18 @@ def test_unsupported_comfy_quant_format_is_named(cases, tmp_path):
     _assert_names_file_and_layouts(str(info.value), path)
 
 
+def test_comfy_fp8_weights_stored_as_bytes_load_like_fp8(cases, tmp_path):
+    """Older ComfyUI files keep the fp8 weights of comfy_quant layers as uint8 bytes; the DiT reads them as the text
+    encoder always has (one sidecar reader for both)."""
+    state = dict(cases["comfy-fp8-bare"][0])
+    as_bytes = {key: value.view(torch.uint8) if value.dtype == torch.float8_e4m3fn else value
+                for key, value in state.items()}
+    expected = load_dit_checkpoint(_save(state, tmp_path / "fp8.safetensors"), dtype=torch.float32).state_dict
+    loaded = load_dit_checkpoint(_save(as_bytes, tmp_path / "bytes.safetensors"), dtype=torch.float32).state_dict
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+
+
 def test_check_dit_pair_refuses_the_same_file_twice_from_the_headers(reference, tmp_path):
     path = _save(reference, tmp_path / "ideogram4_fp8_scaled.safetensors")
     with pytest.raises(CheckpointError, match=r"the same file \(.*ideogram4_fp8_scaled\.safetensors\)"):

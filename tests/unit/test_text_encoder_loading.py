@@ -296,15 +296,21 @@ def test_fp8_weights_kept_in_fp8_give_the_features_of_the_one_time_dequantisatio
     assert torch.equal(features_of(kept), features_of(dequantised))
 
 
-def test_a_comfy_quant_format_other_than_fp8_is_refused(full_state, tmp_path):
-    path = tmp_path / "qwen3vl_8b_nvfp4.safetensors"
+@pytest.mark.parametrize("quant_format, message", [
+    ("convrot_w4a4", r"layers\.3\.self_attn\.q_proj.*'convrot_w4a4', which this pack does not de-quantise"),
+    # nvfp4 only through ComfyUI's own quantised layers: the core alone refuses it.
+    ("nvfp4", r"qwen3vl_8b_other\.safetensors: stored in ComfyUI's nvfp4 format, which only ComfyUI's own quantised "
+              r"layers read.*qwen3vl_8b_fp8_scaled"),
+])
+def test_a_comfy_quant_format_other_than_fp8_is_refused(full_state, tmp_path, quant_format, message):
+    path = tmp_path / "qwen3vl_8b_other.safetensors"
     write_comfy_fp8_file(full_state, path, "model.")
     from safetensors.torch import load_file
 
     tensors = load_file(path)
-    tensors["model.layers.3.self_attn.q_proj.comfy_quant"] = comfy_quant_entry("nvfp4")
+    tensors["model.layers.3.self_attn.q_proj.comfy_quant"] = comfy_quant_entry(quant_format)
     save_file(tensors, path)
-    with pytest.raises(CheckpointError, match=r"layers\.3\.self_attn\.q_proj.*'nvfp4'"):
+    with pytest.raises(CheckpointError, match=message):
         load_text_encoder_model(path)
 
 
