@@ -7,6 +7,7 @@ from comfy_api.latest import ComfyExtension, io
 from .caption_node import Caption
 from .caption_route import register_routes
 from .dit_loader import DiTLoader
+from .lora_loader import LoraLoader
 from .noise_latent import EmptyLatent, Noise
 from .prompt_enhancer import PromptEnhancer
 from .sampler_node import Sampler
@@ -17,6 +18,7 @@ from .vae_nodes import VAEDecode, VAELoader
 NODES: list[type[io.ComfyNode]] = [
     Caption,
     DiTLoader,
+    LoraLoader,
     TextEncoderLoader,
     TextEncode,
     PromptEnhancer,

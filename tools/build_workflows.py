@@ -26,6 +26,8 @@ VAE_FILE = "flux2-vae.safetensors"
 # The LM head the enhancer needs when the text-encoder file has none (Comfy-Org's has none): the published
 # diffusers/qwen3-vl-8b-instruct-lm-head weights, saved under this name.
 LM_HEAD_FILE = "qwen3-vl-8b-instruct-lm-head.safetensors"
+# A LoRA the user brings (no download hint): the stand-in of the host tests has this name.
+LORA_FILE = "ideogram4_lora.safetensors"
 MODEL_HINTS = {
     DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
     UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
@@ -46,6 +48,11 @@ SCHEMAS = {
     "Ideogram4RefDiTLoader": (
         [("cond_model_name", "COMBO", True), ("uncond_model_name", "COMBO", True), ("weight_dtype", "COMBO", True),
          ("compile_blocks", "BOOLEAN", True)],
+        [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
+    ),
+    "Ideogram4RefLoraLoader": (
+        [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("lora_name", "COMBO", True),
+         ("strength_cond", "FLOAT", True), ("strength_uncond", "FLOAT", True)],
         [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
     ),
     "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
@@ -259,15 +266,41 @@ def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
     graph.link(decode, "IMAGE", save, "images")
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
+def _sampler_decode_save(graph, models, encode, vae, preset_name, width, height, prefix):
+    """The one-node Sampler on ``models``' cond_model / uncond_model outputs, the pack's VAE Decode, Save Image."""
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
     sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
     save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
-    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    _wire_sampler(graph, models, encode, vae, sampler, decode, save)
     return graph.workflow()
+
+
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
+    return _sampler_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
+
+
+def lora_workflow():
+    note = (
+        "Ideogram 4 (reference) with a LoRA\n\n"
+        f"Put your Ideogram 4 LoRA in models/loras and pick it on the LoRA Loader (this workflow names {LORA_FILE}). "
+        "Files from diffusers/PEFT, ai-toolkit, kohya-style trainers, SimpleTuner (LoRA, LyCORIS LoKr/LoHa), DoRA "
+        "and full-weight diff files are understood; keys the loader cannot place are listed on the node.\n\n"
+        "strength_cond scales the LoRA on the model that sees the prompt (1 = as trained). strength_uncond is 0: "
+        "LoRAs are trained on that conditional model only; raise it only when the LoRA's notes say it was trained "
+        "for the image-only model too. For several LoRAs, chain LoRA Loaders (cond_model/uncond_model into the "
+        "next one). The LoRA works with every weight_dtype, fp8 included: the weights stay fp8 in memory.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    # Below Text Encode (room for its report), between the DiT Loader and the Sampler in the data flow.
+    lora = graph.add("Ideogram4RefLoraLoader", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 170),
+                     [LORA_FILE, 1.0, 0.0])
+    graph.link(dit, "cond_model", lora, "cond_model")
+    graph.link(dit, "uncond_model", lora, "uncond_model")
+    return _sampler_decode_save(graph, lora, encode, vae, "Default 20", 1024, 1024, "ideogram4/lora")
 
 
 class _Column:
@@ -431,6 +464,7 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_native_interop.json": native_interop_workflow(),
         "ideogram4_caption_studio.json": caption_studio_workflow(),
         "ideogram4_enhance_prompt.json": enhance_prompt_workflow(),
+        "ideogram4_lora.json": lora_workflow(),
     }
 
 

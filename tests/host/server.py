@@ -4,7 +4,7 @@
 host's own Python. An ``extra_model_paths.yaml`` written to a temp folder adds
 
 * ``custom_nodes:`` a temp folder holding only a symlink to this pack, so the working tree loads without copying;
-* ``diffusion_models`` / ``text_encoders`` / ``vae``: the given folder's subfolders (tiny stand-in weights).
+* ``diffusion_models`` / ``text_encoders`` / ``vae`` / ``loras``: the given folder's subfolders (tiny stand-in weights).
 
 Output, input, temp and user folders are temp folders too, so the host's own folders are never written.
 The server is stopped by its PID (its process group) on ``stop()``, on leaving the ``with`` block, and at
@@ -31,7 +31,7 @@ from websocket_lite import WebSocket
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACK_LINK_NAME = "comfyui-ideogram4-reference"
-MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae")
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras")
 STARTUP_TIMEOUT_S = 180.0
 # For tiny stand-in models: one compute thread. Their matmuls are far too small to gain from threads, and on a
 # busy CI machine (tests running beside the server) spinning OpenMP threads make each step ~100x slower.

@@ -34,6 +34,7 @@ PRESET_OF_FILE = {
     "ideogram4_turbo.json": ("Turbo 12", 12, 1024),
     "ideogram4_native_interop.json": ("Default 20", 20, 1024),
     "ideogram4_enhance_prompt.json": ("Default 20", 20, 1024),
+    "ideogram4_lora.json": ("Default 20", 20, 1024),
 }
 ENHANCE_WORKFLOW = "ideogram4_enhance_prompt.json"
 # Workflows whose Text Encode prompt is written in the file (the enhance workflow's comes from the enhancer).
