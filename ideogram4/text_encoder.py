@@ -1,8 +1,9 @@
 """The Ideogram 4 text encoder: the language model of Qwen3-VL-8B-Instruct, tapped at 13 decoder layers.
 
 Only the decoder stack up to the last tapped layer is built and run (no vision tower, no final norm, no LM
-head). For text tokens Qwen3-VL's interleaved MRoPE sees the same position on its t/h/w axes, so it is plain
-1-D RoPE over the head dimension.
+head; text generation, :mod:`ideogram4.text_generation`, keeps those in a module of its own and passes a KV
+cache through the same layers). For text tokens Qwen3-VL's interleaved MRoPE sees the same position on its
+t/h/w axes, so it is plain 1-D RoPE over the head dimension.
 
 Shapes: B prompts, L tokens (left-padded to the longest prompt), H hidden size, T = 13 taps.
 Output features are (B, L, H*T) float32 with feature index ``h*T + tap`` (the taps interleaved per hidden unit,
@@ -226,20 +227,30 @@ class Qwen3VLAttention(nn.Module):
         self.q_norm = ops.RMSNorm(self.head_dim, eps=config.rms_norm_eps, dtype=dtype, device=device)
         self.k_norm = ops.RMSNorm(self.head_dim, eps=config.rms_norm_eps, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, hidden), cos/sin (B, 1, L, head_dim), mask (B|1, 1, L, L) bool -> (B, L, hidden)."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                kv_cache=None) -> torch.Tensor:
+        """x (B, L, hidden), cos/sin (B, 1, L, head_dim), mask (B|1, 1, L, L_keys) bool or None (every key
+        visible) -> (B, L, hidden).
+
+        kv_cache (text generation only): an object whose ``update(k, v)`` stores this call's roped keys and
+        values (B, kv_heads, L, head_dim) after the earlier ones and returns all of them; the queries then attend
+        over every cached position. None (the feature path) attends over this call's tokens alone.
+        """
         batch, length, _ = x.shape
         q = qwen_rms_norm(self.q_norm, self.q_proj(x).view(batch, length, self.num_heads, self.head_dim))
         k = qwen_rms_norm(self.k_norm, self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim))
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)
+        keys = k.shape[2]
         # Repeat KV heads explicitly: SDPA's enable_gqa with a mask falls back to the math kernel on CUDA, and
         # this is what transformers does whenever a mask is passed.
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:
-            k = k[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, self.num_heads, length, self.head_dim)
-            v = v[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, self.num_heads, length, self.head_dim)
+            k = k[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, self.num_heads, keys, self.head_dim)
+            v = v[:, :, None].expand(-1, -1, groups, -1, -1).reshape(batch, self.num_heads, keys, self.head_dim)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5)
         return self.o_proj(out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim))
 
@@ -271,8 +282,9 @@ class Qwen3VLDecoderLayer(nn.Module):
         self.input_layernorm = ops.RMSNorm(config.hidden_size, eps=eps, dtype=dtype, device=device)
         self.post_attention_layernorm = ops.RMSNorm(config.hidden_size, eps=eps, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(qwen_rms_norm(self.input_layernorm, x), cos, sin, mask)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                kv_cache=None) -> torch.Tensor:
+        x = x + self.self_attn(qwen_rms_norm(self.input_layernorm, x), cos, sin, mask, kv_cache)
         return x + self.mlp(qwen_rms_norm(self.post_attention_layernorm, x))
 
 

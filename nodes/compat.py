@@ -6,10 +6,12 @@ Newer APIs are detected, never inferred from a version string.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import logging
 import pathlib
+import types
 
 import comfy.latent_formats
 import comfy.model_patcher
@@ -63,9 +65,26 @@ def patcher_class():
     return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
 
-def new_patcher(model: torch.nn.Module, load_device, offload_device):
-    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free."""
-    return patcher_class()(model, load_device=load_device, offload_device=offload_device)
+@functools.lru_cache(maxsize=None)
+def _patcher_with(mixin: type, base: type) -> type:
+    # One class per (mixin, base): a patcher's clone() builds ``self.__class__``, so clones keep the mixin.
+    return type(f"{mixin.__name__}{base.__name__}", (mixin, base), {})
+
+
+def new_patcher(model: torch.nn.Module, load_device, offload_device, mixin: type | None = None,
+                dynamic: bool = True):
+    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free:
+    :func:`patcher_class` (or the classic ``ModelPatcher`` when ``dynamic`` is False), with ``mixin`` first in its
+    bases when given. The dynamic-VRAM patcher hands CPU models to a plain ``ModelPatcher``; the mixin then goes
+    on that class."""
+    base = patcher_class() if dynamic else comfy.model_patcher.ModelPatcher
+    if mixin is None:
+        return base(model, load_device=load_device, offload_device=offload_device)
+    patcher = _patcher_with(mixin, base)(model, load_device=load_device, offload_device=offload_device)
+    if not isinstance(patcher, mixin):
+        patcher = _patcher_with(mixin, comfy.model_patcher.ModelPatcher)(model, load_device=load_device,
+                                                                         offload_device=offload_device)
+    return patcher
 
 
 def is_dynamic(patcher) -> bool:
@@ -193,3 +212,27 @@ def inference_dtype(base_model) -> torch.dtype:
     if getter is not None:
         return getter()
     return base_model.manual_cast_dtype or base_model.get_dtype()
+
+
+# The ComfyUI release known to read the Comfy-Org int8_convrot / nvfp4 files through comfy.quant_ops.
+COMFY_QUANT_OPS_VERSION = "0.33"
+
+
+def comfy_quant_formats() -> frozenset[str]:
+    """The ``comfy_quant`` formats this host's own quantised layers read (``comfy.quant_ops.QUANT_ALGOS`` with
+    ``comfy.ops.mixed_precision_ops``); empty on hosts without them."""
+    try:
+        import comfy.quant_ops
+    except ImportError:
+        return frozenset()
+    algos = getattr(comfy.quant_ops, "QUANT_ALGOS", None)
+    if algos is None or not hasattr(comfy.ops, "mixed_precision_ops") or not hasattr(comfy.ops, "pick_operations"):
+        return frozenset()
+    return frozenset(algos)
+
+
+def comfy_quantized_operations(compute_dtype: torch.dtype, load_device):
+    """ComfyUI's own mixed-precision layers, set up for ``load_device`` the way ComfyUI sets them up for a native
+    model whose file carries ``comfy_quant`` entries (formats the device cannot compute natively are emulated)."""
+    config = types.SimpleNamespace(quant_config={"mixed_ops": True})
+    return comfy.ops.pick_operations(None, compute_dtype, load_device, model_config=config)

@@ -8,7 +8,9 @@ from .caption_node import Caption
 from .caption_route import register_routes
 from .compat import warn_if_older_than_supported
 from .dit_loader import DiTLoader
+from .lora_loader import LoraLoader
 from .noise_latent import EmptyLatent, Noise
+from .prompt_enhancer import PromptEnhancer
 from .sampler_node import Sampler
 from .scheduler_guider import Guider, Scheduler
 from .text_encoder_nodes import TextEncode, TextEncoderLoader
@@ -17,8 +19,10 @@ from .vae_nodes import VAEDecode, VAELoader
 NODES: list[type[io.ComfyNode]] = [
     Caption,
     DiTLoader,
+    LoraLoader,
     TextEncoderLoader,
     TextEncode,
+    PromptEnhancer,
     Sampler,
     Scheduler,
     Guider,

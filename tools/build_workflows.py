@@ -29,6 +29,11 @@ DIT_FILE = "ideogram4_fp8_scaled.safetensors"
 UNCOND_DIT_FILE = "ideogram4_unconditional_fp8_scaled.safetensors"
 TEXT_ENCODER_FILE = "qwen3vl_8b_fp8_scaled.safetensors"
 VAE_FILE = "flux2-vae.safetensors"
+# The LM head the enhancer needs when the text-encoder file has none (Comfy-Org's has none): the published
+# diffusers/qwen3-vl-8b-instruct-lm-head weights, saved under this name.
+LM_HEAD_FILE = "qwen3-vl-8b-instruct-lm-head.safetensors"
+# A LoRA the user brings (no download hint): the stand-in of the host tests has this name.
+LORA_FILE = "ideogram4_lora.safetensors"
 MODEL_HINTS = {
     DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
     UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
@@ -48,11 +53,22 @@ SCHEMAS = {
          ("compile_blocks", "BOOLEAN", True)],
         [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
     ),
+    "Ideogram4RefLoraLoader": (
+        [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("lora_name", "COMBO", True),
+         ("strength_cond", "FLOAT", True), ("strength_uncond", "FLOAT", True)],
+        [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
+    ),
     "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
     "Ideogram4RefTextEncode": (
         [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("prompt", "STRING", True),
          ("official_width", "INT", True), ("official_height", "INT", True)],
         [("CONDITIONING", "CONDITIONING")],
+    ),
+    "Ideogram4RefPromptEnhancer": (
+        [("text_encoder", "IDEOGRAM4_TEXT_ENCODER", False), ("idea", "STRING", True), ("width", "INT", True),
+         ("height", "INT", True), ("seed", "INT", True), ("temperature", "FLOAT", True),
+         ("max_new_tokens", "INT", True), ("lm_head_name", "COMBO", True), ("keep_boxes", "BOOLEAN", True)],
+        [("caption", "STRING")],
     ),
     "Ideogram4RefSampler": (
         [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("conditioning", "CONDITIONING", False),
@@ -90,7 +106,8 @@ SCHEMAS = {
 }
 # Inputs the nodes declare optional (the frontend orders widgets required first, then optional).
 OPTIONAL_INPUTS = {"Ideogram4RefSampler": {"latent", "denoise"},
-                   "Ideogram4RefTextEncode": {"official_width", "official_height"}}
+                   "Ideogram4RefTextEncode": {"official_width", "official_height"},
+                   "Ideogram4RefPromptEnhancer": {"lm_head_name", "keep_boxes"}}
 # Combo inputs with an upload button (one more widgets_values entry, "image").
 UPLOAD_INPUTS = {"LoadImage": {"image"}}
 NATIVE_TYPES = {"KSamplerSelect", "SamplerCustomAdvanced", "VAEDecode", "VAEEncode", "LoadImage", "SetLatentNoiseMask",
@@ -252,15 +269,41 @@ def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
     graph.link(decode, "IMAGE", save, "images")
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
+def _sampler_decode_save(graph, models, encode, vae, preset_name, width, height, prefix):
+    """The one-node Sampler on ``models``' cond_model / uncond_model outputs, the pack's VAE Decode, Save Image."""
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
     sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
     save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
-    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    _wire_sampler(graph, models, encode, vae, sampler, decode, save)
     return graph.workflow()
+
+
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
+    return _sampler_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
+
+
+def lora_workflow():
+    note = (
+        "Ideogram 4 (reference) with a LoRA\n\n"
+        f"Put your Ideogram 4 LoRA in models/loras and pick it on the LoRA Loader (this workflow names {LORA_FILE}). "
+        "Files from diffusers/PEFT, ai-toolkit, kohya-style trainers, SimpleTuner (LoRA, LyCORIS LoKr/LoHa), DoRA "
+        "and full-weight diff files are understood; keys the loader cannot place are listed on the node.\n\n"
+        "strength_cond scales the LoRA on the model that sees the prompt (1 = as trained). strength_uncond is 0: "
+        "LoRAs are trained on that conditional model only; raise it only when the LoRA's notes say it was trained "
+        "for the image-only model too. For several LoRAs, chain LoRA Loaders (cond_model/uncond_model into the "
+        "next one). The LoRA works with every weight_dtype, fp8 included: the weights stay fp8 in memory.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    # Below Text Encode (room for its report), between the DiT Loader and the Sampler in the data flow.
+    lora = graph.add("Ideogram4RefLoraLoader", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 170),
+                     [LORA_FILE, 1.0, 0.0])
+    graph.link(dit, "cond_model", lora, "cond_model")
+    graph.link(dit, "uncond_model", lora, "uncond_model")
+    return _sampler_decode_save(graph, lora, encode, vae, "Default 20", 1024, 1024, "ideogram4/lora")
 
 
 class _Column:
@@ -316,9 +359,19 @@ def caption_state(caption, width, height) -> str:
     return json.dumps({"width": width, "height": height, "caption": caption}, separators=(",", ":"), ensure_ascii=False)
 
 
+def _sampler_below_small_encode(graph, preset_name, width, height, prefix):
+    """The one-node Sampler under a small Text Encode at the top of the sampler column (with room for the caption
+    report it grows by after a run), the pack's VAE Decode and Save Image: (sampler, decode, save), not wired."""
+    steps, mu, std, guidance = PRESETS[preset_name]
+    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
+                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
+    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
+    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
+    return sampler, decode, save
+
+
 def caption_studio_workflow():
     preset_name, width, height = "Default 20", 1536, 1024
-    steps, mu, std, guidance = PRESETS[preset_name]
     note = (
         "Ideogram 4 (reference) - caption studio\n\n"
         "Write the caption in the form of the Caption node instead of typing JSON: a short description, the style "
@@ -332,14 +385,39 @@ def caption_studio_workflow():
     graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
                                                   prompt="")
     caption = graph.add("Ideogram4RefCaption", (COL_TEXT, ROW_Y), (520, 860), [caption_state(CAPTION, width, height)])
-    # Below Text Encode, with room for the caption report it grows by after a run.
-    sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y + 160 + REPORT_ROOM + TITLE_H + 40), (400, 480),
-                        [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
-    decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
-    save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), ["ideogram4/caption_studio"])
+    sampler, decode, save = _sampler_below_small_encode(graph, preset_name, width, height, "ideogram4/caption_studio")
     graph.link(caption, "caption", encode, "prompt")
     graph.link(caption, "width", sampler, "width")
     graph.link(caption, "height", sampler, "height")
+    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    return graph.workflow()
+
+
+def enhance_prompt_workflow():
+    preset_name, width, height = "Default 20", 1024, 1024
+    note = (
+        "Ideogram 4 (reference) - from a short idea to a JSON caption to an image, all offline\n\n"
+        "Ideogram 4 works best with full JSON captions. The Prompt Enhancer writes one from your idea with the "
+        "text encoder the workflow loads anyway (no second copy of the 8B model), plus its language-model head "
+        "(about 1.2 GB). Get the head from the Hugging Face repository diffusers/qwen3-vl-8b-instruct-lm-head and "
+        f"save its safetensors file as models/text_encoders/{LM_HEAD_FILE}; with a text-encoder file that "
+        "already holds a head (Hugging Face Qwen3-VL weights), set lm_head_name to 'none'.\n\n"
+        "Decoding is constrained to the caption schema, so the caption always passes the Text Encode check; when "
+        "max_new_tokens runs out it is closed properly. Keep width and height equal on the enhancer and the "
+        "sampler (the enhancer composes for that aspect ratio). temperature 0 gives the same caption every run; "
+        "change the seed for another caption. keep_boxes lets it place elements with boxes.\n\n"
+        "The caption appears on the enhancer node; copy it into a Text Encode prompt to keep and edit it. Other "
+        "model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note, encode_pos=(COL_SAMPLER, ROW_Y), encode_size=(400, 160),
+                                                  prompt="")
+    te = next(node["id"] for node in graph.nodes if node["type"] == "Ideogram4RefTextEncoderLoader")
+    enhancer = graph.add("Ideogram4RefPromptEnhancer", (COL_TEXT, ROW_Y), (480, 420),
+                         ["a hand-painted bakery sign at sunrise that says \"FRESH BREAD\"", width, height, 42,
+                          "fixed", 0.7, 1024, LM_HEAD_FILE, False])
+    sampler, decode, save = _sampler_below_small_encode(graph, preset_name, width, height, "ideogram4/enhanced_prompt")
+    graph.link(te, "IDEOGRAM4_TEXT_ENCODER", enhancer, "text_encoder")
+    graph.link(enhancer, "caption", encode, "prompt")
     _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
     return graph.workflow()
 
@@ -388,6 +466,8 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_turbo.json": one_node_sampler_workflow("Turbo 12", 1024, 1024, "ideogram4/turbo"),
         "ideogram4_native_interop.json": native_interop_workflow(),
         "ideogram4_caption_studio.json": caption_studio_workflow(),
+        "ideogram4_enhance_prompt.json": enhance_prompt_workflow(),
+        "ideogram4_lora.json": lora_workflow(),
     }
 
 

@@ -5,7 +5,7 @@ host's own Python, with the pack installed in one of two ways a user's ComfyUI h
 
 * ``"extra_model_paths"`` (default): an ``extra_model_paths.yaml`` written to a temp folder adds ``custom_nodes:``,
   a temp folder outside the ComfyUI folder holding only a symlink to this pack (as the Desktop app and shared
-  model setups have it), and ``diffusion_models`` / ``text_encoders`` / ``vae``: the given folder's subfolders;
+  model setups have it), and ``diffusion_models`` / ``text_encoders`` / ``vae`` / ``loras``: the given folder's subfolders;
 * ``"base_directory"``: ``--base-directory`` points ComfyUI at a temp folder whose ``custom_nodes/`` holds the
   symlink and whose ``models/`` holds the model folders: the pack sits in ComfyUI's own ``custom_nodes`` folder.
 
@@ -35,7 +35,7 @@ from .websocket_lite import WebSocket
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "comfyui-ideogram4-reference"
-MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae")
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras")
 LAYOUTS = ("extra_model_paths", "base_directory")
 STARTUP_TIMEOUT_S = 180.0
 # For tiny stand-in models: one compute thread. Their matmuls are far too small to gain from threads, and on a

@@ -7,7 +7,9 @@ writes, under ``MODELS_DIR`` (a ComfyUI ``models`` folder layout):
     diffusion_models/ideogram4_fp8_scaled.safetensors                conditional DiT
     diffusion_models/ideogram4_unconditional_fp8_scaled.safetensors  unconditional DiT (same shapes, other weights)
     text_encoders/qwen3vl_8b_fp8_scaled.safetensors                  36-layer Qwen3-VL language model
+    text_encoders/qwen3-vl-8b-instruct-lm-head.safetensors           its LM head (for the Prompt Enhancer)
     vae/flux2-vae.safetensors                                        FLUX.2 KL autoencoder
+    loras/ideogram4_lora.safetensors                                 a rank-4 LoRA on every block Linear
 
 Layouts are those of the Comfy-Org repackaged files, so the pack's loaders read them through the same code as
 the real ones:
@@ -48,7 +50,9 @@ from ideogram4.vae import Flux2AutoEncoder, VAEConfig  # noqa: E402
 DIT_FILE = "diffusion_models/ideogram4_fp8_scaled.safetensors"
 UNCOND_DIT_FILE = "diffusion_models/ideogram4_unconditional_fp8_scaled.safetensors"
 TEXT_ENCODER_FILE = "text_encoders/qwen3vl_8b_fp8_scaled.safetensors"
+LM_HEAD_FILE = "text_encoders/qwen3-vl-8b-instruct-lm-head.safetensors"
 VAE_FILE = "vae/flux2-vae.safetensors"
+LORA_FILE = "loras/ideogram4_lora.safetensors"
 
 TINY_TEXT_ENCODER_CONFIG = Qwen3VLTextConfig(
     vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=36,
@@ -170,6 +174,13 @@ def text_encoder_state_dict(seed: int, config: Qwen3VLTextConfig = TINY_TEXT_ENC
     return stored
 
 
+def lm_head_state_dict(seed: int, config: Qwen3VLTextConfig = TINY_TEXT_ENCODER_CONFIG) -> dict[str, torch.Tensor]:
+    """The separate LM head file (``lm_head.weight`` only, bf16), as diffusers publishes it for Qwen3-VL-8B."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn((config.vocab_size, config.hidden_size), generator=generator) / config.hidden_size ** 0.5
+    return {"lm_head.weight": weight.to(torch.bfloat16)}
+
+
 def vae_state_dict(seed: int, config: VAEConfig = TINY_VAE_CONFIG) -> dict[str, torch.Tensor]:
     """The tensors of a ComfyUI FLUX.2 VAE file (float32), with the ``bn`` statistics of the real file."""
     generator = torch.Generator().manual_seed(seed)
@@ -181,8 +192,21 @@ def vae_state_dict(seed: int, config: VAEConfig = TINY_VAE_CONFIG) -> dict[str, 
     return tensors
 
 
+def lora_state_dict(seed: int, config: DiTConfig = TINY_DIT_CONFIG, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA in the raw official layout (``diffusion_model.<block Linear>.lora_A/lora_B``) on every block Linear."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in module_shapes(Ideogram4DiT, config).items():
+        if is_block_linear_weight(name, shape):
+            stem = "diffusion_model." + name[: -len(".weight")]
+            tensors[stem + ".lora_A.weight"] = torch.randn((rank, shape[1]), generator=generator) / shape[1] ** 0.5
+            tensors[stem + ".lora_B.weight"] = 0.1 * torch.randn((shape[0], rank), generator=generator)
+    return tensors
+
+
 def write_tiny_weights(models_dir, seed: int = 0, dit_format: str = "fp8") -> dict[str, pathlib.Path]:
-    """Write the four stand-in files under ``models_dir``; returns {"dit", "uncond_dit", "text_encoder", "vae"} -> path."""
+    """Write the stand-in files under ``models_dir``; returns {"dit", "uncond_dit", "text_encoder", "lm_head",
+    "vae", "lora"} -> path."""
     if dit_format not in ("fp8", "bf16"):
         raise ValueError(f"dit_format must be 'fp8' or 'bf16', got {dit_format!r}")
     models_dir = pathlib.Path(models_dir)
@@ -191,7 +215,9 @@ def write_tiny_weights(models_dir, seed: int = 0, dit_format: str = "fp8") -> di
         "dit": (DIT_FILE, dit_state_dict(seed, fp8)),
         "uncond_dit": (UNCOND_DIT_FILE, dit_state_dict(seed + 1, fp8)),
         "text_encoder": (TEXT_ENCODER_FILE, text_encoder_state_dict(seed + 2)),
+        "lm_head": (LM_HEAD_FILE, lm_head_state_dict(seed + 4)),
         "vae": (VAE_FILE, vae_state_dict(seed + 3)),
+        "lora": (LORA_FILE, lora_state_dict(seed + 4)),
     }
     paths = {}
     for role, (relative, tensors) in files.items():

@@ -1,6 +1,6 @@
 """Render the template thumbnails: run every example workflow on a real ComfyUI with the pack, save its image.
 
-    python -m tools.render_thumbnails [--comfyui PATH] [--size 128]
+    python -m tools.render_thumbnails [--comfyui PATH] [--size 128] [--only NAME.json ...]
 
 ComfyUI's template browser shows ``workflows/<name>.jpg`` beside ``workflows/<name>.json`` (it asks for
 ``/api/workflow_templates/<pack folder>/<name>.jpg``). Each thumbnail here is the image the workflow produces when it
@@ -31,7 +31,7 @@ def thumbnail_path(workflow_path: pathlib.Path) -> pathlib.Path:
     return workflow_path.with_suffix(".jpg")
 
 
-def render_thumbnails(comfyui=None, size=128, log=print) -> list[pathlib.Path]:
+def render_thumbnails(comfyui=None, size=128, log=print, names=None) -> list[pathlib.Path]:
     from PIL import Image
 
     from tools.make_tiny_weights import write_tiny_weights
@@ -49,6 +49,8 @@ def render_thumbnails(comfyui=None, size=128, log=print) -> list[pathlib.Path]:
             write_inpaint_image(server.work_dir / "input" / INPAINT_IMAGE)
             object_info = server.client.object_info()
             for path in sorted(WORKFLOWS_DIR.glob("*.json")):
+                if names and path.name not in names:
+                    continue
                 prompt = to_api_prompt(json.loads(path.read_text(encoding="utf-8")), object_info)
                 for node in prompt.values():
                     if node["class_type"] in SIZED_NODES:
@@ -70,9 +72,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--comfyui", help="ComfyUI folder (default: the host the tests find)")
     parser.add_argument("--size", type=int, default=128, help="image size the workflows run at (multiple of 16)")
+    parser.add_argument("--only", nargs="*", help="workflow file names to render (default: all)")
     args = parser.parse_args(argv)
     try:
-        render_thumbnails(args.comfyui, args.size)
+        render_thumbnails(args.comfyui, args.size, names=args.only)
     except SelfCheckFailed as error:
         print(f"thumbnails not rendered: {error}", file=sys.stderr)
         return 1

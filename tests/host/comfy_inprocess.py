@@ -94,8 +94,9 @@ def _import_host(host_dir: str) -> types.SimpleNamespace:
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE_NAME] = pack
     spec.loader.exec_module(pack)
-    for name in ("compat", "dit_loader", "extension", "model_wrapper", "noise_latent", "precision", "progress",
-                 "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
+    for name in ("compat", "dit_loader", "extension", "lora_loader", "model_wrapper", "noise_latent", "precision",
+                 "progress", "prompt_enhancer", "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes",
+                 "vae_nodes"):
         importlib.import_module(f"{PACK_MODULE_NAME}.nodes.{name}")
     return types.SimpleNamespace(path=pathlib.Path(host_dir), pack=pack, nodes=sys.modules[f"{PACK_MODULE_NAME}.nodes"])
 
@@ -128,10 +129,10 @@ def host() -> types.SimpleNamespace:
 
 
 def register_models(models_dir: pathlib.Path) -> None:
-    """Make ComfyUI's model folders (diffusion_models, text_encoders, vae) list the files under ``models_dir``."""
+    """Make ComfyUI's model folders (diffusion_models, text_encoders, vae, loras) list the files under ``models_dir``."""
     import folder_paths
 
-    for folder in ("diffusion_models", "text_encoders", "vae"):
+    for folder in ("diffusion_models", "text_encoders", "vae", "loras"):
         folder_paths.add_model_folder_path(folder, str(models_dir / folder), is_default=True)
 
 
@@ -157,3 +158,23 @@ def sampler_inputs(pack_models, **overrides) -> dict:
 def native_node(module_name: str, class_name: str):
     """A native node class, e.g. ``native_node("comfy_extras.nodes_custom_sampler", "SamplerCustomAdvanced")``."""
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def record_progress(monkeypatch, interrupt: bool = False) -> list:
+    """Patch ComfyUI's ``ProgressBar.update_absolute`` to record ``(value, total)`` of every update (passed on to
+    the real bar); with ``interrupt``, each update presses Cancel instead. Returns the list the updates go to."""
+    import comfy.model_management
+    import comfy.utils
+
+    updates = []
+    original = comfy.utils.ProgressBar.update_absolute
+
+    def update(bar, value, total=None, preview=None):
+        updates.append((value, total))
+        if interrupt:
+            comfy.model_management.interrupt_current_processing(True)
+            return None
+        return original(bar, value, total, preview)
+
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", update)
+    return updates

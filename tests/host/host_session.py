@@ -18,7 +18,7 @@ from tools.workflow_api import nodes_of_type, to_api_prompt
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 WORKFLOW_NAMES = sorted(path.name for path in WORKFLOWS_DIR.glob("*.json"))
-SIZE_INPUTS = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent"}
+SIZE_INPUTS = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent", "Ideogram4RefPromptEnhancer"}
 
 
 def require_host() -> tuple[pathlib.Path, pathlib.Path]:

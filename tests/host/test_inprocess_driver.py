@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -41,7 +42,9 @@ def test_inprocess_host_tests_pass_under_the_host_python():
             f"install pytest): {probe.stderr.strip().splitlines()[-1:]}"))
 
     command = [str(python), "-m", "pytest", *inprocess_test_files(), "-q", "-p", "no:cacheprovider", "-rfEs"]
-    env = {**os.environ, "COMFYUI_PATH": str(host), "PYTHONDONTWRITEBYTECODE": "1"}
+    # The LoRA tests compare with diffusers, which only this (the pack's) Python has.
+    env = {**os.environ, "COMFYUI_PATH": str(host), "PYTHONDONTWRITEBYTECODE": "1",
+           "IDEOGRAM4_ORACLE_PYTHON": sys.executable}
     result = subprocess.run(command, cwd=comfy_inprocess.PACK_ROOT, env=env, capture_output=True, text=True,
                             timeout=TIMEOUT_S)
     output = (result.stdout + result.stderr)[-6000:]

@@ -185,22 +185,13 @@ def test_scheduler_sigmas_are_one_minus_the_official_times(host):
 
 def test_progress_bar_advances_every_step_and_cancel_stops_within_one_step(host, pack_models, monkeypatch):
     import comfy.model_management
-    import comfy.utils
 
     # ComfyUI throttles what reaches the UI by time; the node's duty is one update_absolute per step.
-    updates = []
-    original = comfy.utils.ProgressBar.update_absolute
-
-    def record(bar, value, total=None, preview=None):
-        updates.append((value, total))
-        return original(bar, value, total, preview)
-
-    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", record)
+    updates = comfy_inprocess.record_progress(monkeypatch)
     run_pack_sampler(host, pack_models)
     assert updates == [(step, STEPS) for step in range(1, STEPS + 1)]
 
     # Cancel pressed during step 2 (right after step 1 reported): the next model call raises, step 2 never ends.
-    updates.clear()
     calls = []
     cond_dit = pack_models[0].model.diffusion_model
     forward = type(cond_dit).forward
@@ -210,12 +201,8 @@ def test_progress_bar_advances_every_step_and_cancel_stops_within_one_step(host,
             calls.append(1)
         return forward(module, x, *args, **kwargs)
 
-    def cancel_after_first_step(bar, value, total=None, preview=None):
-        updates.append((value, total))
-        comfy.model_management.interrupt_current_processing(True)
-
     monkeypatch.setattr(type(cond_dit), "forward", counting_forward)
-    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", cancel_after_first_step)
+    updates = comfy_inprocess.record_progress(monkeypatch, interrupt=True)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             run_pack_sampler(host, pack_models)

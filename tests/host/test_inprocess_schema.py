@@ -21,10 +21,16 @@ CONTRACT = {
     "Ideogram4RefDiTLoader": ("Ideogram 4 DiT Loader (reference)",
                               ["cond_model_name", "uncond_model_name", "weight_dtype", "compile_blocks"],
                               ["MODEL", "MODEL"]),
+    "Ideogram4RefLoraLoader": ("Ideogram 4 LoRA Loader (reference)",
+                               ["cond_model", "uncond_model", "lora_name", "strength_cond", "strength_uncond"],
+                               ["MODEL", "MODEL"]),
     "Ideogram4RefTextEncoderLoader": ("Ideogram 4 Text Encoder Loader (reference)", ["text_encoder_name"],
                                       ["IDEOGRAM4_TEXT_ENCODER"]),
     "Ideogram4RefTextEncode": ("Ideogram 4 Text Encode (reference)",
                                ["text_encoder", "prompt", "official_width", "official_height"], ["CONDITIONING"]),
+    "Ideogram4RefPromptEnhancer": ("Ideogram 4 Prompt Enhancer (reference)",
+                                   ["text_encoder", "idea", "width", "height", "seed", "temperature",
+                                    "max_new_tokens", "lm_head_name", "keep_boxes"], ["STRING"]),
     "Ideogram4RefSampler": ("Ideogram 4 Sampler (reference)",
                             ["cond_model", "uncond_model", "conditioning", "preset", "steps", "mu", "std",
                              "guidance_schedule", "seed", "width", "height", "batch_size", "latent", "denoise"],
@@ -94,6 +100,12 @@ def test_widget_defaults_and_choices(registered):
     for name in ("official_width", "official_height"):
         assert encode[name].optional and encode[name].default == 0
         assert (encode[name].min, encode[name].max, encode[name].step) == (0, 4096, 16)
+    enhancer = {entry.id: entry for entry in registered["Ideogram4RefPromptEnhancer"].GET_SCHEMA().inputs}
+    assert enhancer["idea"].multiline and enhancer["seed"].control_after_generate
+    assert enhancer["lm_head_name"].optional and enhancer["lm_head_name"].options[0] == "none"
+    assert enhancer["keep_boxes"].optional and enhancer["keep_boxes"].default is False
+    assert enhancer["temperature"].min == 0.0
+    assert (enhancer["width"].max, enhancer["width"].step) == (encode["official_width"].max, 16)
 
 
 def test_text_encode_shows_caption_problems_on_the_node(host, tmp_path_factory):

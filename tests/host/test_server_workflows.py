@@ -27,12 +27,16 @@ pytestmark = pytest.mark.host
 PACK_NODES = {
     "Ideogram4RefDiTLoader", "Ideogram4RefTextEncoderLoader", "Ideogram4RefTextEncode", "Ideogram4RefSampler",
     "Ideogram4RefScheduler", "Ideogram4RefGuider", "Ideogram4RefNoise", "Ideogram4RefEmptyLatent",
-    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefCaption",
+    "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefCaption", "Ideogram4RefPromptEnhancer",
+    "Ideogram4RefLoraLoader",
 }
-EXPECTED_WORKFLOWS = ["ideogram4_caption_studio.json", "ideogram4_inpaint.json", "ideogram4_native_interop.json",
-                      "ideogram4_quality.json", "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
+EXPECTED_WORKFLOWS = ["ideogram4_caption_studio.json", "ideogram4_enhance_prompt.json", "ideogram4_inpaint.json",
+                      "ideogram4_lora.json", "ideogram4_native_interop.json", "ideogram4_quality.json",
+                      "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
 # Small sizes keep the tiny models fast; the 2048 preset is run at 128 to keep its aspect of "bigger".
 RUN_SIZES = {"ideogram4_quality.json": (128, 128)}
+# The random tiny text encoder writes noise until the budget closes the caption: a small budget keeps it quick.
+RUN_OVERRIDES = {"ideogram4_enhance_prompt.json": {"max_new_tokens": 40}}
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +102,7 @@ def test_workflow_matches_the_hosts_nodes(name, object_info):
 @pytest.mark.parametrize("name", EXPECTED_WORKFLOWS)
 def test_workflow_runs_to_an_image(name, server):
     width, height = RUN_SIZES.get(name, (64, 64))
-    prompt = workflow_prompt(server, name, width=width, height=height)
+    prompt = workflow_prompt(server, name, width=width, height=height, **RUN_OVERRIDES.get(name, {}))
     entry, images = run_ok(server, prompt)
     assert len(images) == 1, f"expected one saved image, got {len(images)}: {json.dumps(entry.get('outputs'))}"
     image = _decode_png(images[0])

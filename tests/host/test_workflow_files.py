@@ -33,7 +33,12 @@ PRESET_OF_FILE = {
     "ideogram4_quality.json": ("Quality 48", 48, 2048),
     "ideogram4_turbo.json": ("Turbo 12", 12, 1024),
     "ideogram4_native_interop.json": ("Default 20", 20, 1024),
+    "ideogram4_enhance_prompt.json": ("Default 20", 20, 1024),
+    "ideogram4_lora.json": ("Default 20", 20, 1024),
 }
+ENHANCE_WORKFLOW = "ideogram4_enhance_prompt.json"
+# Workflows whose Text Encode prompt is written in the file (the enhance workflow's comes from the enhancer).
+CAPTION_WORKFLOWS = sorted(set(PRESET_OF_FILE) - {ENHANCE_WORKFLOW})
 
 
 def _object_info_from_build_schemas() -> dict:
@@ -93,13 +98,29 @@ def test_workflow_uses_its_preset_and_size(name):
             assert (inputs["width"], inputs["height"]) == (size, size), node
 
 
-@pytest.mark.parametrize("name", sorted(PRESET_OF_FILE))
+@pytest.mark.parametrize("name", CAPTION_WORKFLOWS)
 def test_workflow_prompt_is_a_clean_json_caption(name):
     prompt = to_api_prompt(load_workflow(name), _object_info_from_build_schemas())
     (encode,) = [node for node in prompt.values() if node["class_type"] == "Ideogram4RefTextEncode"]
     report = validate_caption(encode["inputs"]["prompt"])
     assert (report.kind, report.problems, report.warnings) == ("json", [], [])
     assert json.dumps(report.caption, separators=(",", ":"), ensure_ascii=False) == encode["inputs"]["prompt"]
+
+
+def test_enhance_workflow_feeds_the_enhancer_caption_into_text_encode():
+    prompt = to_api_prompt(load_workflow(ENHANCE_WORKFLOW), _object_info_from_build_schemas())
+    (enhancer_id,) = [node_id for node_id, node in prompt.items()
+                      if node["class_type"] == "Ideogram4RefPromptEnhancer"]
+    enhancer = prompt[enhancer_id]["inputs"]
+    (encode,) = [node for node in prompt.values() if node["class_type"] == "Ideogram4RefTextEncode"]
+    (loader_id,) = [node_id for node_id, node in prompt.items()
+                    if node["class_type"] == "Ideogram4RefTextEncoderLoader"]
+    (sampler,) = [node for node in prompt.values() if node["class_type"] == "Ideogram4RefSampler"]
+    assert encode["inputs"]["prompt"] == [enhancer_id, 0]
+    assert enhancer["text_encoder"] == encode["inputs"]["text_encoder"] == [loader_id, 0]
+    assert (enhancer["width"], enhancer["height"]) == (sampler["inputs"]["width"], sampler["inputs"]["height"])
+    assert enhancer["lm_head_name"] == build_workflows.LM_HEAD_FILE and enhancer["keep_boxes"] is False
+    assert validate_caption(enhancer["idea"]).kind == "plain"  # an idea, not a caption
 
 
 def test_converter_maps_widgets_by_input_order_and_skips_the_seed_control_entry():

@@ -56,3 +56,22 @@ def tapped_hidden_states(model, input_ids, attention_mask=None, position_ids=Non
         for handle in handles:
             handle.remove()
     return [captured[index] for index in QWEN3_VL_ACTIVATION_LAYERS]
+
+
+HF_TEXT_PREFIX = "model.language_model."
+
+
+def pack_generation_model(model):
+    """The pack's encoder and LM head (:mod:`ideogram4.text_generation`) holding ``model``'s language-model
+    weights (float32, eval)."""
+    from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder
+    from ideogram4.text_generation import Qwen3VLLanguageModelHead
+
+    config = Qwen3VLTextConfig.from_hf_config(model.config.to_dict())
+    state = {key[len(HF_TEXT_PREFIX):]: value for key, value in model.state_dict().items()
+             if key.startswith(HF_TEXT_PREFIX)}
+    encoder = Qwen3VLTextEncoder(config, dtype=torch.float32)
+    encoder.load_state_dict({key: value for key, value in state.items() if key in encoder.state_dict()}, strict=True)
+    head = Qwen3VLLanguageModelHead(config, dtype=torch.float32)
+    head.load_state_dict({"norm.weight": state["norm.weight"], "lm_head.weight": model.lm_head.weight}, strict=True)
+    return encoder.eval(), head.eval()
