@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ideogram4.packing import pack_conditional  # noqa: E402
-from tiny_dit import build_diffusers_oracle  # noqa: E402
+from tiny_dit import build_diffusers_oracle, official_segment_ids  # noqa: E402
 from tiny_host_models import DIT_CONFIG  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def velocity(model, inputs, grid) -> torch.Tensor:
     features[:, : packed.text_features.shape[1]] = packed.text_features
     with torch.no_grad():
         out = model(hidden_states=packed.x, timestep=inputs["t"], encoder_hidden_states=features,
-                    position_ids=packed.positions, segment_ids=packed.segment_ids, indicator=packed.indicators).sample
+                    position_ids=packed.positions, segment_ids=official_segment_ids(packed), indicator=packed.indicators).sample
     return out[:, packed.image_slice].float().contiguous()
 
 

@@ -24,11 +24,11 @@ from tiny_dit import (
     build_diffusers_oracle,
     build_tiny_dit,
     max_abs_diff,
+    official_segment_ids,
     random_official_state_dict,
     tiny_dit_config,
 )
 
-from ideogram4.constants import SEQUENCE_PADDING_INDICATOR
 from ideogram4.dit import Ideogram4DiT
 from ideogram4.dit_config import DiTConfig
 from ideogram4.packing import pack_conditional, pack_unconditional
@@ -59,11 +59,6 @@ def run(dit, packed, t, dtype=torch.float32):
     with torch.no_grad():
         return dit(packed.x.to(dtype), t, features, packed.positions, packed.indicators,
                    packed.attention_mask)
-
-
-def official_segment_ids(packed):
-    """The official model's segment ids, which diffusers takes: padding rows (indicator 0) -1, the rest 1."""
-    return torch.where(packed.indicators == 0, SEQUENCE_PADDING_INDICATOR, 1)
 
 
 def run_oracle(oracle, packed, t):

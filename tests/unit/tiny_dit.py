@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ideogram4.constants import SEQUENCE_PADDING_INDICATOR
 from ideogram4.dit import Ideogram4DiT
 from ideogram4.dit_config import DiTConfig
 
@@ -85,6 +86,12 @@ def official_to_diffusers_state_dict(state: dict[str, torch.Tensor]) -> dict[str
         else:
             converted[name] = value
     return converted
+
+
+def official_segment_ids(packed) -> torch.Tensor:
+    """The official model's segment ids, which diffusers takes (the pack derives its mask without them): padding
+    rows (indicator 0) -1, the rest 1."""
+    return torch.where(packed.indicators == 0, SEQUENCE_PADDING_INDICATOR, 1)
 
 
 def build_diffusers_oracle(config: DiTConfig, official_state: dict[str, torch.Tensor],
