@@ -83,10 +83,25 @@ def assert_no_overlap(found: dict, label: str):
             assert not overlap, f"{label}: node {a} {found[a]} overlaps node {b} {found[b]}"
 
 
-def screenshot(page, name):
-    if SCREENSHOT_DIR:
-        pathlib.Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(pathlib.Path(SCREENSHOT_DIR) / name))
+def screenshot(page, name, node_type=None):
+    """Keep a screenshot when IDEOGRAM4_SCREENSHOT_DIR is set: the page, or only the node of ``node_type`` (the
+    graph is panned and zoomed so the whole node is in view; the README's figures)."""
+    if not SCREENSHOT_DIR:
+        return
+    pathlib.Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
+    clip = None
+    if node_type is not None:
+        clip = page.evaluate("""type => { const n = app.graph._nodes.find(n => n.comfyClass === type);
+            const c = app.canvas.canvas.getBoundingClientRect(), title = LiteGraph.NODE_TITLE_HEIGHT, margin = 12;
+            const left = 220, top = 70;  // clear of the frontend's sidebar, tab bar and floating toolbars
+            const ds = app.canvas.ds;
+            ds.scale = Math.min(1, (c.height - top - margin) / (n.size[1] + title));
+            ds.offset = [left / ds.scale - n.pos[0], top / ds.scale + title - n.pos[1]];
+            app.canvas.setDirty(true, true);
+            return {x: c.left + left - margin, y: c.top + top - margin, width: n.size[0] * ds.scale + 2 * margin,
+                    height: (n.size[1] + title) * ds.scale + 2 * margin}; }""", node_type)
+        time.sleep(0.8)  # the frontend moves the DOM widgets on its next frames
+    page.screenshot(path=str(pathlib.Path(SCREENSHOT_DIR) / name), clip=clip)
 
 
 def widget_state(page, node_type) -> dict:
@@ -138,6 +153,21 @@ def test_preset_widgets_hide_and_come_back_with_the_preset_values(page):
     assert page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefSampler').size[1]") > height_with_preset
 
 
+def assert_studio_fits_its_node(page):
+    """The whole form, layout frame and element list included, lies inside the node: nothing is cut off."""
+    time.sleep(0.5)  # the node follows the form's size on the next frame
+    found = page.evaluate("""() => { const n = app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefCaption');
+        const ds = app.canvas.ds, c = app.canvas.canvas.getBoundingClientRect();
+        const rect = e => { const r = e.getBoundingClientRect(); return [r.top, r.bottom]; };
+        const root = document.querySelector('.ideogram4-studio');
+        return {node_bottom: c.top + (n.pos[1] + n.size[1] + ds.offset[1]) * ds.scale, root: rect(root),
+                frame: rect(document.querySelector('.ideogram4-frame')),
+                last: rect(root.lastElementChild), scroll: root.scrollHeight - root.clientHeight}; }""")
+    assert found["scroll"] <= 1, found
+    for part in ("root", "frame", "last"):
+        assert found[part][1] <= found["node_bottom"] + 1, (part, found)
+
+
 def studio(page, selector):
     return page.locator(f".ideogram4-studio {selector}")
 
@@ -146,6 +176,8 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     load(page, load_workflow("ideogram4_caption_studio.json"))
     page.wait_for_function("() => document.querySelector('.ideogram4-status')?.textContent === 'Caption valid'",
                            timeout=20_000)
+    assert_studio_fits_its_node(page)
+    screenshot(page, "caption_studio.png", "Ideogram4RefCaption")
     # A small frame and the Turbo preset keep the tiny models' run short.
     width_input = studio(page, "input[type=number]").nth(0)
     width_input.fill("256")
@@ -195,11 +227,11 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     palette_path = f"$.compositional_deconstruction.elements[{index}].color_palette"
     page.wait_for_function(f"path => ({problem_text})(path).includes('#RRGGBB')", arg=palette_path, timeout=10_000)
     assert "color_palette[0]" in page.evaluate(problem_text, palette_path)
-    screenshot(page, "caption_studio_problem.png")
+    screenshot(page, "caption_studio_problem.png", "Ideogram4RefCaption")
     palette.fill("#FF0000")
     page.wait_for_function(f"path => ({problem_text})(path) === ''", arg=palette_path, timeout=10_000)
     page.wait_for_function("() => document.querySelector('.ideogram4-status').textContent === 'Caption valid'")
-    screenshot(page, "caption_studio.png")
+    assert_studio_fits_its_node(page)  # the node grew with the new element
 
     # Queue: the server receives the state, and the caption it runs is the canonical JSON of what was edited.
     state = json.loads(widget_state(page, "Ideogram4RefCaption")["state"]["value"])
