@@ -105,8 +105,6 @@ class TokenVocabulary:
 def _utf8_end_state(data: bytes):
     """String content ``data`` read from a character boundary: the free-string sub-state it ends in (None = on
     a boundary, else inside a character), or False if it is not valid UTF-8 from a boundary."""
-    if data.isascii():  # most of the vocabulary: every byte is a whole character, no decoder needed
-        return None
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         decoder.decode(data, final=False)
