@@ -1,6 +1,6 @@
 """ComfyUI entry point of the Ideogram 4 (reference) node pack.
 
-ComfyUI (>= 0.3.48) loads this folder as a custom-node package and calls :func:`comfy_entrypoint`, which returns
+ComfyUI loads this folder as a custom-node package and calls :func:`comfy_entrypoint`, which returns
 the V3 extension listing the nodes. Nothing heavy is imported here: torch, comfy and the model code are imported
 only when ComfyUI asks for the node list.
 
@@ -11,9 +11,6 @@ they exist and then ignores ``comfy_entrypoint``.
 import importlib.util
 
 WEB_DIRECTORY = "./web"
-
-MINIMUM_COMFYUI = "0.3.48"
-
 
 def _v3_api_missing() -> bool:
     """True inside a ComfyUI too old for V3 nodes (it has ``comfy`` but no ``comfy_api.latest``)."""
@@ -28,9 +25,11 @@ def _v3_api_missing() -> bool:
 if _v3_api_missing():
     # Older hosts only read NODE_CLASS_MAPPINGS and would skip this pack with a vague warning; failing the
     # import instead makes ComfyUI print this message next to the pack's name.
+    # The supported versions are stated once (nodes/compat.py, MIN_COMFYUI_VERSION); that module imports comfy
+    # internals an old host may lack, so the message points at the README instead of importing it.
     raise ImportError(
-        f"Ideogram 4 (reference) nodes need ComfyUI {MINIMUM_COMFYUI} or newer (the V3 node API, "
-        "comfy_api.latest, is missing from this ComfyUI). Update ComfyUI (git pull / ComfyUI-Manager "
+        "Ideogram 4 (reference) nodes need a newer ComfyUI (the V3 node API, comfy_api.latest, is missing from "
+        "this ComfyUI; the README lists the supported versions). Update ComfyUI (git pull / ComfyUI-Manager "
         "'Update ComfyUI', or a newer portable/desktop build) and restart."
     )
 

@@ -25,7 +25,7 @@ from ideogram4.constrained_decoding import CaptionTokenGrammar, ConstrainedCapti
 from ideogram4.prompt_enhancer import enhancer_request
 from ideogram4.text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder
 from ideogram4.text_generation import Qwen3VLLanguageModelHead, SampledTokens, generate
-from ideogram4.tokens import find_tokenizer_dir, load_tokenizer
+from ideogram4.tokens import load_tokenizer
 
 CONFIGS = {
     "tiny": Qwen3VLTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
@@ -61,10 +61,10 @@ def _median_run(run, repeats: int) -> tuple[float, float, int]:
     return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), runs[-1][2])
 
 
-def measure(config_name: str, new_tokens: int, no_cache_tokens: int, repeats: int, tokenizer_dir=None) -> dict:
+def measure(config_name: str, new_tokens: int, no_cache_tokens: int, repeats: int, tokenizer_dir) -> dict:
     config = CONFIGS[config_name]
     encoder, head = random_model(config)
-    tokenizer = load_tokenizer(find_tokenizer_dir(tokenizer_dir=tokenizer_dir))
+    tokenizer = load_tokenizer(tokenizer_dir)
     prompt_ids = list(tokenizer(enhancer_request("a bakery sign at sunrise", 1024, 768),
                                 add_special_tokens=False)["input_ids"])
     token_grammar = CaptionTokenGrammar(TokenVocabulary.from_tokenizer(tokenizer, config.vocab_size))
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cache-tokens", type=int, default=16, help="tokens per run without the cache")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--tokenizer-dir", default=None)
+    parser.add_argument("--tokenizer-dir", required=True,
+                        help="a Qwen tokenizer folder, e.g. <ComfyUI>/comfy/text_encoders/qwen25_tokenizer")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.threads:

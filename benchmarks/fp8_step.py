@@ -1,6 +1,6 @@
 """One step (cond + uncond forward) on the fp8 files artists download, through the loaders they use.
 
-    THERE: python3 -m benchmarks.fp8_step --device cuda --make-models --models-dir /tmp/i4-models-full --json $OUT/fp8_step.json
+    GPU:       python3 -m benchmarks.fp8_step --device cuda --make-models --models-dir /tmp/i4-models-full --json $OUT/fp8_step.json
     CPU smoke: ~/comfy/ComfyUI/.venv/bin/python -m benchmarks.fp8_step --device cpu --make-models --layers 1 \\
                --models-dir /tmp/i4-fp8-1 --sizes 128 --repeats 1 --warmup 0
 

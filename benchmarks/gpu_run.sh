@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The one command a session with a GPU runs, from the repository root, on the GPU machine:
+# The GPU benchmarks in one command, from the repository root (benchmarks/README.md says what the machine needs):
 #
-#   HERE:  bash benchmarks/prepare_gpu_upload.sh step            # wheels + ComfyUI sources into .whl/ (58 MB)
-#   THERE: bash benchmarks/gpu_run.sh                            # device tool: carry [".whl"], timeout_s 600
+#   COMFYUI_PATH=<a ComfyUI 0.33 install> bash benchmarks/gpu_run.sh
 #
 # Phases (PHASES="check main fp8" by default; each under its own time limit, each writing its JSON as it
 # goes, so a phase that runs out of time keeps what it measured and the next phase still runs):
@@ -15,21 +14,19 @@
 #            and diffusers; median of 5 after 2 warm-up steps                                  ~4-5 min on an H100 (limit 300 s)
 #   fp8      the block Linears of one step at 1024^2 and 2048^2 with bf16 weights, fp8 weights de-quantised per call
 #            (weight_dtype default/fp8) and fp8 matrix multiplies (fp8_fast): seconds and error     ~20 s (limit 60 s)
-#   fp8step  (not in the default list; needs `prepare_gpu_upload.sh memory`) one step on a Comfy-Org-layout fp8 file
-#            pair (random, released shapes, ~19 GB written to the memory phase's /tmp/i4-models-full, which that phase
-#            then reuses) through ComfyUI's Load Diffusion Model path (native fp8) and the pack's DiT Loader (default,
-#            fp8_fast), at 1024^2 and 2048^2, with their errors against pack default (limit 420 s)
 #   compile  torch.compile of the block (opt-in lever: costs compile time) with cuDNN attention, with the eager
 #            bf16 rounding kept (emulate_precision_casts) and without it (fastcasts), against native
 #            (limit 200 s: 1024^2 first, 2048^2 if time is left)
-#   memory   (not in the default list; needs `prepare_gpu_upload.sh memory` instead of `step`) the whole pipeline
-#            at 1024^2, V4_DEFAULT_20, fp8 weights, under ComfyUI model management capped at 24 and 12 GiB; writes
-#            ~28 GB of random full-size stand-in files to /tmp/i4-models first (limit 560 s)
-# Device time is 15 min per session, machine start included: run the default phases (<= 450 s), then at once,
-# while the machine is still warm, PHASES=compile (<= 200 s). The fp8step and memory phases need a session of their
-# own, with the memory upload: PHASES=fp8step, then at once (warm: the DiT files are kept) PHASES=memory.
-# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/fp8.json, $OUT/fp8_step.json, $OUT/compile.json, $OUT/memory.json, the logs, $OUT/gpu.txt; the tables
-# are printed at the end of each phase. Copy the figures into benchmarks/RESULTS.md with the card and the date.
+#   fp8step  (not in the default list) one step on a Comfy-Org-layout fp8 file pair (random, released shapes,
+#            ~19 GB written to /tmp/i4-models-full, which the memory phase then reuses) through ComfyUI's Load
+#            Diffusion Model path (native fp8) and the pack's DiT Loader (default, fp8_fast), at 1024^2 and 2048^2,
+#            with their errors against pack default (limit 420 s)
+#   memory   (not in the default list) the whole pipeline at 1024^2, V4_DEFAULT_20, fp8 weights, under ComfyUI
+#            model management capped at 24 and 12 GiB; writes the random full-size files it lacks to
+#            /tmp/i4-models-full first (limit 560 s)
+# Results: $OUT/results.json (main), $OUT/check_fp32.json, $OUT/fp8.json, $OUT/fp8_step.json, $OUT/compile.json,
+# $OUT/memory.json, the logs, $OUT/gpu.txt; the tables are printed at the end of each phase. Copy the figures into
+# benchmarks/RESULTS.md with the card and the date.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -38,9 +35,9 @@ PHASES="${PHASES:-check main fp8}"
 VARIANTS="${VARIANTS:-sdpa=flash,sdpa=cudnn,sdpa=efficient,normrope,sdpa=cudnn+normrope,streams,graphs,rmsnorm=manual}"
 PY="${PYTHON:-python3}"
 # Dry run on a CPU (checks this script end to end in minutes; the CUDA-only variants fail and are reported as such):
-#   DEVICE=cpu CONFIG=tiny CHECK_CONFIG=tiny SIZES="32 64" CHECK_SIZE=32 EXTRA_ARGS="--threads 1" SKIP_WHEELS=1 \
+#   DEVICE=cpu CONFIG=tiny CHECK_CONFIG=tiny SIZES="32 64" CHECK_SIZE=32 EXTRA_ARGS="--threads 1" \
 #   FP8_ARGS="--width-divisor 16 --repeats 1" \
-#   PYTHON=~/comfy/ComfyUI/.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_run.sh
+#   PYTHON=$COMFYUI_PATH/.venv/bin/python OUT=/tmp/out bash benchmarks/gpu_run.sh
 DEVICE="${DEVICE:-cuda}"
 CONFIG="${CONFIG:-full}"
 SIZES="${SIZES:-1024 2048}"
@@ -49,17 +46,9 @@ CHECK_CONFIG="${CHECK_CONFIG:-small}"
 EXTRA_ARGS="${EXTRA_ARGS:-}"
 export PYTHONUNBUFFERED=1
 
-if [ -z "${SKIP_WHEELS:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "gpu_run: installing the carried wheels failed" >&2; exit 3; }
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-if ! "$PY" -c "import av" 2>/dev/null; then
-  export PYTHONPATH="$PWD/benchmarks/stubs${PYTHONPATH:+:$PYTHONPATH}"  # PyAV stand-in: ComfyUI's comfy_api imports it
-fi
-if [ -f .whl/comfyui-src.tar.gz ]; then
-  mkdir -p /tmp/comfyui && tar -xzf .whl/comfyui-src.tar.gz -C /tmp/comfyui && export COMFYUI_PATH=/tmp/comfyui
-  cp .whl/comfyui-version.txt "$OUT/" 2>/dev/null || true
+if [ -z "${COMFYUI_PATH:-}" ] || [ ! -f "$COMFYUI_PATH/comfy/ldm/ideogram4/model.py" ]; then
+  echo "gpu_run: set COMFYUI_PATH to a ComfyUI install with native Ideogram 4 (0.33 or newer)" >&2
+  exit 2
 fi
 
 {
@@ -92,7 +81,6 @@ for phase in $PHASES; do
         --repeats 5 --warmup 2 --implementations pack,native --pack-variants "sdpa=cudnn+compile,sdpa=cudnn+compile+fastcasts" \
         $EXTRA_ARGS --json "$OUT/compile.json" 2>&1 | tee "$OUT/compile.log" || status=1 ;;
     memory)
-      # needs the other upload: bash benchmarks/prepare_gpu_upload.sh memory
       timeout 560 "$PY" -m benchmarks.memory_tiers --device "$DEVICE" --make-models "${MEMORY_MODELS:-full}" \
         --models-dir /tmp/i4-models-"${MEMORY_MODELS:-full}" --caps 24 12 --size "${MEMORY_SIZE:-1024}" --runs 2 --timeout 240 --json "$OUT/memory.json" 2>&1 | tee "$OUT/memory.log" || status=1 ;;
     *) echo "gpu_run: unknown phase $phase (check, main, fp8, fp8step, compile, memory)" >&2; status=2 ;;

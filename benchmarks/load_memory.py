@@ -18,7 +18,9 @@ the GPU.
 
 Files (``--make-models DIR``): the Comfy-Org layout at the released widths with ``--layers`` blocks (the full
 model has 34): ``mid_{cond,uncond}_fp8.safetensors`` (block Linear weights fp8 with a per-tensor scale, the rest
-bf16) and ``mid_{cond,uncond}_bf16.safetensors``; ``mid_text_encoder_fp8.safetensors``: the Comfy-Org text-encoder
+bf16) and ``mid_{cond,uncond}_bf16.safetensors``; from the latter ``mid_{cond,uncond}_{q8_0,q4_k}.gguf`` (block
+Linears Q8_0 / Q4_K, the other matrices BF16, as the published GGUFs) and ``mid_{cond,uncond}_nf4.safetensors``
+(bitsandbytes nf4 Linear weights, as the official ideogram-4-nf4 release); ``mid_text_encoder_fp8.safetensors``: the Comfy-Org text-encoder
 layout (decoder Linear weights scaled fp8) with all 36 layers at a quarter of the 8B encoder's width.
 
 ``--compute-dtype bf16`` makes a CPU host load the way a GPU host does (the pack computes in bf16 where the device
@@ -44,18 +46,43 @@ if __package__ in (None, ""):
 
 from benchmarks.memory_tiers import DEFAULT_COMFYUI, REPO_ROOT, _import_comfy_and_pack  # noqa: E402
 
-FORMATS = ("fp8", "bf16")
+FORMATS = ("fp8", "bf16", "q8_0", "q4_k", "nf4")
 CASES = (
     ("pack", "fp8", "default"), ("native", "fp8", None), ("pack", "fp8", "bf16"),
     ("pack", "bf16", "default"), ("native", "bf16", None), ("pack", "bf16", "fp8"),
+    ("pack", "q8_0", "default"), ("pack", "q4_k", "default"), ("pack", "nf4", "default"), ("pack", "q8_0", "bf16"),
     ("pack-text-encoder", "fp8", None),
 )
+# The quantised formats' files: GGUF (block Linears in that type, the other matrices BF16) and bitsandbytes nf4
+# (every Linear weight, as the official ideogram-4-nf4 release), written from the bf16 pair's weights.
+_GGUF_TYPES = {"q8_0": "Q8_0", "q4_k": "Q4_K"}
 TEXT_ENCODER_FILE = "mid_text_encoder_fp8.safetensors"
 GIB = 2 ** 30
 
 
 def file_pair(models: pathlib.Path, file_format: str) -> tuple[pathlib.Path, pathlib.Path]:
-    return models / f"mid_cond_{file_format}.safetensors", models / f"mid_uncond_{file_format}.safetensors"
+    suffix = "gguf" if file_format in _GGUF_TYPES else "safetensors"
+    return models / f"mid_cond_{file_format}.{suffix}", models / f"mid_uncond_{file_format}.{suffix}"
+
+
+def write_quantized_pair(models: pathlib.Path, file_format: str) -> None:
+    """The ``file_format`` pair from the bf16 pair's tensors (one model in memory at a time)."""
+    from safetensors.torch import load_file, save_file
+
+    from tools.quantized_weights import gguf_dit_types, store_nf4, write_gguf
+
+    for source, path in zip(file_pair(models, "bf16"), file_pair(models, file_format)):
+        if path.is_file():
+            print(f"[load_memory] keeping {path}", flush=True)
+            continue
+        tensors = load_file(str(source))
+        if file_format in _GGUF_TYPES:
+            write_gguf(path, tensors, gguf_dit_types(_GGUF_TYPES[file_format]), "ideogram4")
+        else:
+            save_file(store_nf4(tensors, lambda key, value: value.ndim == 2 and key.endswith(".weight")
+                                and "norm" not in key and key != "embed_image_indicator.weight"), str(path))
+        del tensors
+        print(f"[load_memory] wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
 
 
 def mid_text_encoder_config():
@@ -78,7 +105,7 @@ def make_models(models: pathlib.Path, layers: int, tiny: bool = False) -> None:
 
     models.mkdir(parents=True, exist_ok=True)
     config = dataclasses.replace(TINY_DIT_CONFIG if tiny else DiTConfig(), num_layers=layers)
-    for file_format in FORMATS:
+    for file_format in ("fp8", "bf16"):
         for seed, path in enumerate(file_pair(models, file_format)):
             if path.is_file():
                 print(f"[load_memory] keeping {path}", flush=True)
@@ -87,6 +114,8 @@ def make_models(models: pathlib.Path, layers: int, tiny: bool = False) -> None:
             save_file(tensors, str(path))  # the loaders read the dimensions off the shapes
             del tensors
             print(f"[load_memory] wrote {path} ({path.stat().st_size / 1e9:.2f} GB)", flush=True)
+    for file_format in _GGUF_TYPES.keys() | {"nf4"}:
+        write_quantized_pair(models, file_format)
     path = models / TEXT_ENCODER_FILE
     if not path.is_file():  # Comfy-Org layout: decoder Linear weights per-tensor scaled fp8, the rest bf16
         save_file(text_encoder_state_dict(0, **({} if tiny else {"config": mid_text_encoder_config()})), str(path))

@@ -1,8 +1,6 @@
 """Whole-pipeline memory tiers: the pack's nodes under ComfyUI's model management, fp8 weights, a VRAM cap.
 
-    HERE:  bash benchmarks/prepare_gpu_upload.sh memory             # comfy-kitchen, comfy-aimdo, torchsde + ComfyUI
-    THERE: PHASES=memory bash benchmarks/gpu_run.sh   (carry [".whl"]; installs the wheels, and the PyAV stand-in
-           benchmarks/stubs/av where PyAV is missing; it runs python3 -m benchmarks.memory_tiers --caps 24 12 ...)
+    PHASES=memory bash benchmarks/gpu_run.sh   (runs python3 -m benchmarks.memory_tiers --caps 24 12 ...)
 
 For each cap (GiB) a fresh child process
   * caps PyTorch's allocator with ``torch.cuda.set_per_process_memory_fraction(cap / card)`` (a hard limit: going

@@ -18,12 +18,12 @@ import sys
 import tempfile
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
-sys.path.insert(0, str(REPO_ROOT / "tools"))
+if __package__ in (None, ""):  # run as a script: make the repo root importable, as the other benchmarks do
+    sys.path.insert(0, str(REPO_ROOT))
 
-import hostfind  # noqa: E402
-from server import SINGLE_THREAD_ENV, ComfyServer, execution_error, succeeded  # noqa: E402
-from workflow_api import nodes_of_type, to_api_prompt  # noqa: E402
+from tools import hostfind  # noqa: E402
+from tools.comfy_server import SINGLE_THREAD_ENV, ComfyServer, execution_error, succeeded  # noqa: E402
+from tools.workflow_api import nodes_of_type, to_api_prompt  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "ideogram4_text_to_image.json"
 SIZED_NODES = ("Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent")
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(hostfind.describe_missing_host(), file=sys.stderr)
         return 2
     python = hostfind.host_python(pathlib.Path(host))
-    from make_tiny_weights import write_tiny_weights
+    from tools.make_tiny_weights import write_tiny_weights
 
     with tempfile.TemporaryDirectory(prefix="ideogram4-repeat-") as work:
         models = pathlib.Path(work) / "models"

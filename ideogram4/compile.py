@@ -65,9 +65,3 @@ def uncompile_transformer_blocks(model: Ideogram4DiT) -> None:
                 del block.forward
             delattr(block, _COMPILED_MARK)
 
-
-def is_compiled(model: Ideogram4DiT) -> bool:
-    """True when every transformer block of ``model`` runs a compiled forward."""
-    blocks = _blocks(model)
-    return bool(blocks) and all(vars(block).get("forward") is vars(block).get(_COMPILED_MARK, object())
-                                for block in blocks)

@@ -18,5 +18,10 @@ IMAGE_POSITION_OFFSET = 65536
 # Qwen3-VL decoder layers whose hidden states are interleaved into the 13 x 4096 = 53248-wide text feature.
 QWEN3_VL_ACTIVATION_LAYERS = (0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 30, 33, 35)
 
+# A latent token is a 2 x 2 patch of the 32-channel VAE latent: 128 channels.
+PATCH_SIZE = 2
+VAE_LATENT_CHANNELS = 32
+TOKEN_CHANNELS = PATCH_SIZE * PATCH_SIZE * VAE_LATENT_CHANNELS
+
 # VAE downsampling (8) x patch size (2): one latent token covers a 16 x 16 pixel square.
 PIXELS_PER_TOKEN = 16

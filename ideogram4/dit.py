@@ -188,8 +188,8 @@ class Ideogram4DiT(nn.Module):
         self.final_layer = FinalLayer(config, dtype=dtype, device=device, operations=operations)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text_features: torch.Tensor | None, positions: torch.Tensor,
-                segment_ids: torch.Tensor, indicators: torch.Tensor,
-                attention_mask: torch.Tensor | None = None, transformer_options: dict | None = None) -> torch.Tensor:
+                indicators: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                transformer_options: dict | None = None) -> torch.Tensor:
         """Velocity for every row of a packed sequence; only image rows (indicator 2) are meaningful.
 
         Args:
@@ -199,11 +199,10 @@ class Ideogram4DiT(nn.Module):
                 official full-length layout, also works), or None when there is no text (unconditional model).
                 Rows whose indicator is not 3 are zeroed.
             positions: (B, L, 3) integer (t, h, w) MRoPE positions.
-            segment_ids: (B, L) integer segment ids. Not read here: the segment mask is built once by the
-                packing code and passed as ``attention_mask``; kept in the signature to mirror the official model.
             indicators: (B, L) integer roles: 3 text, 2 image, 0 padding.
-            attention_mask: (B, 1, L, L) bool, True = may attend (``seg_i == seg_j``), or None for full attention,
-                which is exact whenever all segment ids of a sample are equal (no padding).
+            attention_mask: (B, 1, L, L) bool, True = may attend (the official model's segment mask
+                ``seg_i == seg_j``, built by :mod:`ideogram4.packing`), or None for full attention, which is exact
+                whenever a sample has no padding.
             transformer_options: a host's per-call options, handed unchanged to :meth:`run_block` (the core
                 reads nothing from it).
 
@@ -216,8 +215,7 @@ class Ideogram4DiT(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"Ideogram4DiT: x must be a float tensor in the compute dtype, got {x.dtype}.")
         for name, value, shape in (("positions", positions, (batch, length, 3)),
-                                   ("indicators", indicators, (batch, length)),
-                                   ("segment_ids", segment_ids, (batch, length))):
+                                   ("indicators", indicators, (batch, length))):
             if value is not None and tuple(value.shape) != shape:
                 raise ValueError(f"Ideogram4DiT: {name} must have shape {shape}, got {tuple(value.shape)}.")
         if attention_mask is not None and attention_mask.dtype != torch.bool:

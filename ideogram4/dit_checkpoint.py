@@ -22,10 +22,19 @@ Dimensions come from the file: a ``config`` JSON in the safetensors metadata, el
 else the tensor shapes in the header (never tensor data). Every tensor is then checked against the shapes that
 config implies.
 
-De-quantisation (``keep_fp8=False``, the default) follows :mod:`ideogram4.quantization`: the official per-row
-rule for ``weight_scale`` of shape ``(out,)``, ComfyUI's per-tensor rule for ``comfy_quant`` layers.
+Also read: ``official-nf4`` / ``diffusers-nf4`` (bitsandbytes nf4 ``<name>.weight`` uint8 with ``.weight.absmax``,
+``.weight.quant_map`` and ``.weight.quant_state.bitsandbytes__nf4`` sidecars, ``ideogram-ai/ideogram-4-nf4``) and
+GGUF files (``official-gguf-<types>``: official keys, any prefix; block weights in GGML types, the rest
+F32/F16/BF16; read with the ``gguf`` package, :mod:`ideogram4.gguf_io`).
 
-``keep_fp8=True`` keeps fp8 weights and returns, for every quantised Linear ``<name>``:
+De-quantisation (``keep_quantized=False``, the default) follows :mod:`ideogram4.quantization`: the official
+per-row rule for ``weight_scale`` of shape ``(out,)``, ComfyUI's per-tensor rule for ``comfy_quant`` layers,
+:func:`ideogram4.gguf_dequant.dequantize_gguf` and :func:`ideogram4.nf4.dequantize_nf4`.
+
+``keep_quantized=True`` keeps quantised Linear weights as stored and lists each in ``DiTCheckpoint.quantized``
+(an :class:`ideogram4.quantization.QuantizedWeight`). GGUF Linears keep their block bytes (uint8 ``(rows, bytes)``),
+nf4 ones their packed bytes with ``<name>.weight_absmax`` and ``<name>.weight_quant_map``; for fp8, every quantised
+Linear ``<name>`` gets:
 
 * ``<name>.weight``       float8 ``(out, in)`` exactly as stored (q, k, v rows concatenated for diffusers files);
 * ``<name>.weight_scale`` float32 ``(out,)`` — always **per row**: per-tensor scales are broadcast to every row
@@ -44,14 +53,21 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .dit_config import DiTConfig
+from .gguf_dequant import dequantize_gguf
+from .gguf_io import GGUFSource, PLAIN_GGUF_TYPES, is_gguf_file, iter_gguf_tensors, open_gguf
+from .nf4 import dequantize_nf4, parse_bnb_quant_state
 from .quantization import (
     COMFY_FP8_FORMATS,
+    QuantizedWeight,
     as_row_scale,
+    fp8_scaling,
     dequantize_fp8_per_tensor,
     dequantize_fp8_rowwise,
     parse_comfy_quant,
 )
+from .weight_files import describe_model_kind
 from .safetensors_io import (
+    SAFETENSORS_DTYPES,
     CheckpointError,
     SafetensorsSource,
     find_config_json,
@@ -73,8 +89,8 @@ __all__ = [
 
 # Appended to each file error, which already says what was found and what to do: kept to one short sentence.
 SUPPORTED_LAYOUTS = (
-    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16 or fp8 per-row; Comfy-Org fp8_scaled; "
-    "diffusers layout), single or sharded."
+    "Supported: Ideogram 4 transformer .safetensors (official keys, bf16/fp8/nf4; Comfy-Org; diffusers layout), "
+    "single or sharded, or GGUF."
 )
 
 # Prefixes under which a DiT state dict is found, most specific first; "" = bare keys.
@@ -85,7 +101,14 @@ FP8_HEADER_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m
 # Sidecar tensors that describe a quantised weight rather than being model weights themselves.
 _QUANT_SIDECARS = (".weight_scale", ".input_scale", ".comfy_quant", ".weight_scale_2", ".pre_quant_scale",
                    ".scale_weight", ".scale_input")
-_BNB_MARKERS = (".absmax", ".quant_map", ".quant_state.", ".nested_absmax", ".nested_quant_map")
+# bitsandbytes sidecars of an nf4 ``<layer>.weight``: ``.weight.absmax``, ``.weight.quant_map``,
+# ``.weight.quant_state.bitsandbytes__nf4`` (double quantisation adds ``.weight.nested_*``, not read).
+_BNB_SIDECARS = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
+_BNB_STATE = ".quant_state."
+# ComfyUI quantisation formats the pack hands to ComfyUI's own quantised layers (comfy.quant_ops), with how a
+# stored weight's columns relate to the layer's inputs (nvfp4 packs two 4-bit values per byte).
+COMFY_NATIVE_FORMATS = {"int8_tensorwise": 1, "nvfp4": 2}
+_COMFY_LAYER_SIDECARS = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", ".pre_quant_scale")
 _DIFFUSERS_QKV = re.compile(r"^(layers\.\d+\.attention)\.to_([qkv])\.weight$")
 _DIFFUSERS_OUT = re.compile(r"^(layers\.\d+\.attention)\.to_out\.0\.weight$")
 _LAYER_INDEX = re.compile(r"^layers\.(\d+)\.")
@@ -96,7 +119,8 @@ class DiTCheckpoint:
     """A loaded DiT: ``state_dict`` in official key names (ready for ``Ideogram4DiT.load_state_dict``).
 
     ``layout`` names the file layout (see module docstring); ``config_source`` says where the dimensions came
-    from: ``"metadata"``, ``"config.json"`` or ``"shapes"``.
+    from: ``"metadata"``, ``"config.json"`` or ``"shapes"``. ``quantized`` maps each Linear kept quantised
+    (``keep_quantized=True``) to how its stored ``weight`` and sidecars rebuild the weight.
     """
 
     config: DiTConfig
@@ -104,6 +128,7 @@ class DiTCheckpoint:
     layout: str
     path: str
     config_source: str = ""
+    quantized: dict[str, QuantizedWeight] = field(default_factory=dict)
 
 
 def expected_dit_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
@@ -157,11 +182,25 @@ def expected_dit_shapes(config: DiTConfig) -> dict[str, tuple[int, ...]]:
 
 @dataclass(frozen=True)
 class _Quant:
-    """How one stored fp8 weight is scaled: ``kind`` is "rowwise", "per_tensor" or "unscaled"."""
+    """How one stored weight is quantised: ``kind`` is "rowwise", "per_tensor" or "unscaled" (fp8), "gguf" (GGML
+    type ``qtype``) or "nf4" (bitsandbytes, sidecars ``absmax_key``/``quant_map_key``, ``blocksize``)."""
 
     kind: str
     scale_key: str | None = None
     input_scale_key: str | None = None
+    qtype: int | None = None
+    absmax_key: str | None = None
+    quant_map_key: str | None = None
+    blocksize: int = 64
+    comfy_format: str | None = None  # the comfy_quant "format" of a ComfyUI-quantised layer
+    comfy_keys: tuple[str, ...] = ()  # that layer's sidecars (comfy_quant, scales), passed on to ComfyUI's layer
+
+    @property
+    def extra_keys(self) -> tuple[str, ...]:
+        """Sidecars read with the weight itself (large ones: nf4 absmax is 1/16 of the weight's bytes)."""
+        if self.kind == "nf4":
+            return (self.absmax_key, self.quant_map_key)
+        return self.comfy_keys
 
 
 @dataclass(frozen=True)
@@ -184,33 +223,12 @@ class _Plan:
     config: DiTConfig | None = None
     config_source: str = ""
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # True when a layer uses a ComfyUI quantisation the core does not de-quantise (int8, nvfp4): the file's
+    # ComfyUI-quantised layers then all go to ComfyUI's own quantised layers (comfy.quant_ops).
+    comfy_native: bool = False
 
     def error(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.file_label}: {what} {SUPPORTED_LAYOUTS}")
-
-
-def _describe_foreign(keys: list[str]) -> str:
-    """What a state dict that is not an Ideogram 4 DiT looks like, for the error message."""
-    text = "\n".join(keys)
-    sample = ", ".join(keys[:3])
-    if "input_blocks." in text or "middle_block." in text:
-        return f"a Stable Diffusion / SDXL UNet (keys like {sample}), not an Ideogram 4 DiT"
-    if "double_blocks." in text and "single_blocks." in text:
-        return f"a FLUX transformer (double_blocks/single_blocks keys like {sample}), not an Ideogram 4 DiT"
-    if "joint_blocks." in text:
-        return f"an SD3 MMDiT (joint_blocks keys like {sample}), not an Ideogram 4 DiT"
-    if "self_attn.q_proj" in text or "embed_tokens" in text:
-        return (f"a text encoder / language model (keys like {sample}); load it with the Ideogram 4 text encoder "
-                "loader instead")
-    if any(marker in text for marker in ("decoder.conv_in", "encoder.conv_in", "post_quant_conv", "decoder.up.",
-                                         "decoder.up_blocks")):
-        return f"a VAE / autoencoder (keys like {sample}); load it with a VAE loader instead"
-    if "lora_A" in text or "lora_down" in text or "lora_B" in text or "lora_up" in text:
-        return f"a LoRA (keys like {sample}); apply it with a LoRA loader, it is not a full model"
-    if ".attention.qkv." in text or ".attention.to_q." in text:
-        return (f"Ideogram 4-style transformer blocks, but {MARKER_KEY} is missing, so the file is incomplete "
-                f"(keys like {sample})")
-    return f"an unrecognised state dict ({len(keys)} tensors, keys like {sample})"
 
 
 def _detect_prefix(keys: dict, label: str) -> str | None:
@@ -228,7 +246,39 @@ def _detect_prefix(keys: dict, label: str) -> str | None:
 
 
 def _is_sidecar(key: str) -> bool:
-    return key.endswith(_QUANT_SIDECARS) or key == "scaled_fp8"
+    return key.endswith(_QUANT_SIDECARS) or key.endswith(_BNB_SIDECARS) or _BNB_STATE in key or key == "scaled_fp8"
+
+
+def _read(source, keys):
+    """``(key, tensor)`` one at a time from a safetensors or a GGUF source."""
+    if isinstance(source, GGUFSource):
+        return iter_gguf_tensors(source, keys)
+    return iter_tensors(source, keys)
+
+
+def _nf4_quant(plan_label: str, source, local: dict[str, str], name: str) -> tuple[_Quant, tuple[int, ...]]:
+    """The nf4 quantisation of ``name`` (``<layer>.weight`` with bitsandbytes sidecars) and its logical shape."""
+    nested = [key for key in (name + ".nested_absmax", name + ".nested_quant_map") if key in local]
+    state_keys = [key for key in local if key.startswith(name + _BNB_STATE)]
+    missing = [role for role, key in (("absmax", name + ".absmax"), ("quant_map", name + ".quant_map"))
+               if key not in local]
+    if missing or len(state_keys) != 1:
+        raise CheckpointError(f"{plan_label}: the bitsandbytes weight {name!r} lacks its "
+                              f"{', '.join(missing) or 'quant_state'} sidecar; the file is incomplete. "
+                              f"{SUPPORTED_LAYOUTS}")
+    if nested or not state_keys[0].endswith("bitsandbytes__nf4"):
+        found = nested[0] if nested else state_keys[0]
+        raise CheckpointError(
+            f"{plan_label}: {name!r} is a bitsandbytes 4-bit weight the pack does not read (found {found!r}); only "
+            "nf4 without double quantisation is read, as in the official ideogram-4-nf4 release. Use that release, "
+            f"or the fp8 one. {SUPPORTED_LAYOUTS}")
+    (_, blob), = _read(source, [local[state_keys[0]]])
+    try:
+        state = parse_bnb_quant_state(blob)
+    except ValueError as error:
+        raise CheckpointError(f"{plan_label}: {local[state_keys[0]]}: {error}. {SUPPORTED_LAYOUTS}") from None
+    return (_Quant("nf4", absmax_key=local[name + ".absmax"], quant_map_key=local[name + ".quant_map"],
+                   blocksize=state["blocksize"]), tuple(state["shape"]))
 
 
 def _comfy_quant_configs(plan_label: str, source: SafetensorsSource, prefix: str, local: dict[str, str]
@@ -280,50 +330,37 @@ def _comfy_quant_configs(plan_label: str, source: SafetensorsSource, prefix: str
 
 def _quant_for(plan_label, source, local, name, dtype, shape, comfy, comfy_scales, comfy_inputs) -> _Quant | None:
     """The quantisation of the stored weight ``name`` (local key), or None when it is a plain tensor."""
+    if isinstance(source, GGUFSource):
+        return None if dtype in PLAIN_GGUF_TYPES else _Quant("gguf", qtype=source.qtypes[local[name]])
     layer = name[: -len(".weight")] if name.endswith(".weight") else None
     if layer is not None and layer in comfy:
         fmt = comfy[layer].get("format")
         storage = COMFY_FP8_FORMATS.get(fmt)
+        comfy_keys = tuple(local[layer + suffix] for suffix in _COMFY_LAYER_SIDECARS if layer + suffix in local)
         if storage is None:
-            raise CheckpointError(
-                f"{plan_label}: layer {layer!r} uses ComfyUI quantisation format {fmt!r}, which this loader does not "
-                "de-quantise (only float8_e4m3fn / float8_e5m2 per-tensor). Use the *_fp8_scaled file, or load this "
-                f"file with ComfyUI's native Load Diffusion Model node. {SUPPORTED_LAYOUTS}"
-            )
-        if FP8_HEADER_DTYPES.get(dtype) != storage:
-            raise CheckpointError(
-                f"{plan_label}: layer {layer!r} is marked {fmt!r} by comfy_quant but its weight is stored as {dtype}."
-            )
-        scale_key = comfy_scales.get(layer) or ""
-        if not scale_key:
-            raise CheckpointError(f"{plan_label}: fp8 layer {layer!r} has a comfy_quant entry but no weight_scale.")
-        scale_shape = source.entries[scale_key][1]
-        if _numel(scale_shape) != 1:
-            raise CheckpointError(
-                f"{plan_label}: {scale_key!r} should be a single per-tensor scale for comfy_quant format {fmt!r}, "
-                f"found shape {list(scale_shape)}."
-            )
-        return _Quant("per_tensor", scale_key, comfy_inputs.get(layer))
+            if fmt not in COMFY_NATIVE_FORMATS:
+                raise CheckpointError(
+                    f"{plan_label}: layer {layer!r} uses ComfyUI quantisation format {fmt!r}, which this pack does not "
+                    f"read (it reads float8_e4m3fn, float8_e5m2 and, through ComfyUI's own quantised layers, "
+                    f"{', '.join(COMFY_NATIVE_FORMATS)}). Use ideogram4_fp8_scaled.safetensors or a GGUF file. "
+                    f"{SUPPORTED_LAYOUTS}")
+            return _Quant("comfy", comfy_format=fmt, comfy_keys=comfy_keys)
+        scale_key = comfy_scales.get(layer) or None
+        _scaling(plan_label, name, scale_key, source, dtype, shape, fmt)
+        return _Quant("per_tensor", scale_key, comfy_inputs.get(layer), comfy_format=fmt, comfy_keys=comfy_keys)
 
     scale_key = local.get(layer + ".weight_scale") if layer is not None else None
-    if dtype not in FP8_HEADER_DTYPES:
-        if scale_key is not None:
-            raise CheckpointError(
-                f"{plan_label}: {scale_key!r} scales a weight stored as {dtype}, not fp8; this quantisation is not "
-                f"supported. {SUPPORTED_LAYOUTS}"
-            )
-        return None
-    if scale_key is None:
-        return _Quant("unscaled")
-    scale_shape = tuple(source.entries[scale_key][1])
-    if len(shape) == 2 and scale_shape in ((shape[0],), (shape[0], 1)):
-        return _Quant("rowwise", scale_key)
-    if _numel(scale_shape) == 1:
-        return _Quant("per_tensor", scale_key)
-    raise CheckpointError(
-        f"{plan_label}: shape mismatch for {scale_key!r}: expected a per-row scale ({shape[0]},) or a single "
-        f"per-tensor scale for weight shape {list(shape)}, found {list(scale_shape)}."
-    )
+    kind = _scaling(plan_label, name, scale_key, source, dtype, shape)
+    return None if kind is None else _Quant(kind, scale_key if kind != "unscaled" else None)
+
+
+def _scaling(plan_label, name, scale_key, source, dtype, shape, comfy_format=None) -> str | None:
+    """:func:`ideogram4.quantization.fp8_scaling` from the header, its errors naming the file and the layouts."""
+    try:
+        return fp8_scaling(f"{plan_label}: {scale_key or name!r}", SAFETENSORS_DTYPES.get(dtype), shape,
+                           source.entries[scale_key][1] if scale_key else None, comfy_format)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error} {SUPPORTED_LAYOUTS}") from None
 
 
 def _numel(shape) -> int:
@@ -335,6 +372,15 @@ def _numel(shape) -> int:
 
 def _layout_name(is_diffusers: bool, parts: list[_Part], sharded: bool) -> str:
     kinds = {part.quant.kind for part in parts if part.quant is not None}
+    gguf_types = sorted({part.dtype for part in parts if part.quant is not None and part.quant.kind == "gguf"})
+    comfy_formats = sorted({part.quant.comfy_format for part in parts if part.quant is not None
+                            and part.quant.kind == "comfy"})
+    if comfy_formats:
+        return "comfy-" + "+".join(comfy_formats) + ("+sharded" if sharded else "")
+    if gguf_types:
+        return ("diffusers" if is_diffusers else "official") + "-gguf-" + "+".join(gguf_types)
+    if "nf4" in kinds:
+        return ("diffusers" if is_diffusers else "official") + "-nf4" + ("+sharded" if sharded else "")
     if "per_tensor" in kinds:
         quant = "fp8-scaled"
     elif "rowwise" in kinds:
@@ -360,7 +406,7 @@ def _layout_name(is_diffusers: bool, parts: list[_Part], sharded: bool) -> str:
 def _plan_dit(path) -> _Plan:
     """Everything about a DiT file except its tensor data: layout, key mapping, config, validated shapes."""
     try:
-        source = open_source(path)
+        source = open_gguf(path) if is_gguf_file(path) else open_source(path)
     except CheckpointError as error:
         raise CheckpointError(f"{error} {SUPPORTED_LAYOUTS}") from None
     label = str(source.path)
@@ -368,16 +414,10 @@ def _plan_dit(path) -> _Plan:
     prefix = _detect_prefix(keys, label)
     if prefix is None:
         raise CheckpointError(
-            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like {_describe_foreign(list(keys))}. "
-            f"{SUPPORTED_LAYOUTS}"
+            f"{label}: this is not an Ideogram 4 DiT checkpoint: it looks like "
+            f"{describe_model_kind(keys, getattr(source, 'architecture', None))}. {SUPPORTED_LAYOUTS}"
         )
     local = {key[len(prefix):]: key for key in keys if key.startswith(prefix)}
-    bnb = next((name for name in local if any(marker in name for marker in _BNB_MARKERS)), None)
-    if bnb is not None:
-        raise CheckpointError(
-            f"{label}: this is a bitsandbytes NF4/4-bit checkpoint (found {bnb!r}), which this loader does not read. "
-            f"Use the fp8 release instead. {SUPPORTED_LAYOUTS}"
-        )
 
     orphans = [name for name in local if name.endswith((".weight_scale", ".comfy_quant", ".input_scale"))
                and name.rsplit(".", 1)[0] + ".weight" not in local]
@@ -389,13 +429,20 @@ def _plan_dit(path) -> _Plan:
     comfy, comfy_scales, comfy_inputs = _comfy_quant_configs(label, source, prefix, local)
     is_diffusers = any(_DIFFUSERS_QKV.match(name) for name in local)
 
+    bnb_weights = ({name.split(_BNB_STATE)[0] for name in local if _BNB_STATE in name}
+                   | {name[: -len(suffix)] for name in local for suffix in _BNB_SIDECARS if name.endswith(suffix)})
     entries: dict[str, list[_Part]] = {}
     qkv_parts: dict[str, dict[str, _Part]] = {}
     for name, full in local.items():
         if _is_sidecar(name):
             continue
         dtype, shape = keys[full]
-        quant = _quant_for(label, source, local, name, dtype, tuple(shape), comfy, comfy_scales, comfy_inputs)
+        if name in bnb_weights:
+            quant, shape = _nf4_quant(label, source, local, name)
+        else:
+            quant = _quant_for(label, source, local, name, dtype, tuple(shape), comfy, comfy_scales, comfy_inputs)
+            if quant is not None and quant.kind == "comfy":
+                shape = (*shape[:-1], shape[-1] * COMFY_NATIVE_FORMATS[quant.comfy_format])
         part = _Part(full, dtype, tuple(shape), quant)
         qkv = _DIFFUSERS_QKV.match(name)
         out = _DIFFUSERS_OUT.match(name)
@@ -421,6 +468,7 @@ def _plan_dit(path) -> _Plan:
         prefix=prefix,
         entries={key: tuple(parts) for key, parts in entries.items()},
         layout=_layout_name(is_diffusers, all_parts, source.sharded),
+        comfy_native=any(part.quant is not None and part.quant.kind == "comfy" for part in all_parts),
     )
     plan.shapes = {key: _logical_shape(plan, key) for key in plan.entries}
     plan.config, plan.config_source = _resolve_config(plan)
@@ -550,34 +598,83 @@ def _config_summary(config: DiTConfig) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_fp8: bool) -> dict[str, torch.Tensor]:
+def _materialise(plan: _Plan, dtype: torch.dtype | None, keep_quantized: bool
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, QuantizedWeight]]:
     """Read the tensors of ``plan`` one at a time and convert each as documented in the module docstring."""
     dequant_dtype = dtype if dtype is not None else torch.bfloat16
     order = list(expected_dit_shapes(plan.config))
     scale_keys = sorted({key for parts in plan.entries.values() for part in parts if part.quant is not None
                          for key in (part.quant.scale_key, part.quant.input_scale_key) if key})
-    scales = dict(iter_tensors(plan.source, scale_keys))
+    scales = dict(_read(plan.source, scale_keys))
 
     state_dict: dict[str, torch.Tensor] = {}
-    stored = iter_tensors(plan.source, [part.key for key in order for part in plan.entries[key]])
+    quantized: dict[str, QuantizedWeight] = {}
+    stored = _read(plan.source, [key for name in order for part in plan.entries[name]
+                                 for key in (part.key, *(part.quant.extra_keys if part.quant else ()))])
     for key in order:
         parts = plan.entries[key]
-        tensors = [next(stored)[1] for _ in parts]
-        quantised = [part.quant is not None for part in parts]
-        if keep_fp8 and _is_linear_weight(key) and all(quantised) and len({t.dtype for t in tensors}) == 1:
-            layer = key[: -len(".weight")]
-            state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
-            row_scales = [_row_scale(part, tensor, scales) for part, tensor in zip(parts, tensors)]
-            state_dict[layer + ".weight_scale"] = torch.cat(row_scales) if len(row_scales) > 1 else row_scales[0]
-            if len(parts) == 1 and parts[0].quant.input_scale_key:
-                state_dict[layer + ".input_scale"] = scales[parts[0].quant.input_scale_key].reshape(()).float()
+        tensors, extras = [], []
+        for part in parts:
+            tensor = next(stored)[1]
+            if part.quant is not None and part.quant.comfy_format in COMFY_FP8_FORMATS and tensor.dtype == torch.uint8:
+                tensor = tensor.view(COMFY_FP8_FORMATS[part.quant.comfy_format])  # older ComfyUI files: fp8 as bytes
+            tensors.append(tensor)
+            extras.append({extra: next(stored)[1] for extra in (part.quant.extra_keys if part.quant else ())})
+        kinds = {part.quant.kind if part.quant else None for part in parts}
+        layer = key[: -len(".weight")]
+        if plan.comfy_native and any(part.quant is not None and part.quant.comfy_format for part in parts):
+            _pass_to_comfy(plan, key, parts, tensors, extras, keep_quantized, state_dict, quantized)
             continue
+        if keep_quantized and _is_linear_weight(key) and len({t.dtype for t in tensors}) == 1:
+            if kinds <= {"rowwise", "per_tensor", "unscaled"}:
+                state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+                row_scales = [_row_scale(part, tensor, scales) for part, tensor in zip(parts, tensors)]
+                state_dict[layer + ".weight_scale"] = torch.cat(row_scales) if len(row_scales) > 1 else row_scales[0]
+                if len(parts) == 1 and parts[0].quant.input_scale_key:
+                    state_dict[layer + ".input_scale"] = scales[parts[0].quant.input_scale_key].reshape(()).float()
+                quantized[layer] = QuantizedWeight("fp8_rowwise", plan.shapes[key])
+                continue
+            if kinds == {"gguf"} and len({part.quant.qtype for part in parts}) == 1:
+                # GGML blocks run along rows, so q, k and v rows concatenate as bytes.
+                state_dict[key] = torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+                quantized[layer] = QuantizedWeight("gguf", plan.shapes[key], qtype=parts[0].quant.qtype)
+                continue
+            if kinds == {"nf4"} and _nf4_concatenates(parts):
+                state_dict[key] = torch.cat([t.reshape(-1) for t in tensors])
+                state_dict[layer + ".weight_absmax"] = torch.cat([e[p.quant.absmax_key].reshape(-1).float()
+                                                                  for p, e in zip(parts, extras)])
+                state_dict[layer + ".weight_quant_map"] = extras[0][parts[0].quant.quant_map_key].reshape(16).float()
+                quantized[layer] = QuantizedWeight("nf4", plan.shapes[key], blocksize=parts[0].quant.blocksize)
+                continue
         converted = [
-            _dequantise(part, tensor, scales, dequant_dtype) if part.quant is not None else _cast(tensor, dtype)
-            for part, tensor in zip(parts, tensors)
+            _dequantise(part, tensor, scales, extra, dequant_dtype) if part.quant is not None else _cast(tensor, dtype)
+            for part, tensor, extra in zip(parts, tensors, extras)
         ]
         state_dict[key] = torch.cat(converted) if len(converted) > 1 else converted[0]
-    return state_dict
+    return state_dict, quantized
+
+
+def _pass_to_comfy(plan: _Plan, key: str, parts, tensors, extras, keep_quantized: bool, state_dict: dict,
+                   quantized: dict) -> None:
+    """A ComfyUI-quantised layer of a file ComfyUI's quantised layers must read: its weight and sidecars as stored,
+    under the layer's official name."""
+    fmt = parts[0].quant.comfy_format
+    if not keep_quantized or len(parts) != 1:
+        raise plan.error(f"layer {key[: -len('.weight')]!r} is stored in ComfyUI's {fmt!r} format, which only "
+                         "ComfyUI's own quantised layers de-quantise: load this file with weight_dtype default (the "
+                         "weights stay as stored), or use ideogram4_fp8_scaled.safetensors.")
+    layer = key[: -len(".weight")]
+    state_dict[key] = tensors[0]
+    for full, tensor in extras[0].items():
+        state_dict[layer + full[full.rindex("."):]] = tensor
+    quantized[layer] = QuantizedWeight("comfy", plan.shapes[key], comfy_format=fmt)
+
+
+def _nf4_concatenates(parts) -> bool:
+    """nf4 parts (q, k, v) join as bytes when they share the block size and each is whole blocks (the released
+    widths are); otherwise they are de-quantised."""
+    blocksize = parts[0].quant.blocksize
+    return all(part.quant.blocksize == blocksize and _numel(part.shape) % (2 * blocksize) == 0 for part in parts)
 
 
 def _is_linear_weight(key: str) -> bool:
@@ -591,8 +688,13 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     return tensor.to(dtype)
 
 
-def _dequantise(part: _Part, tensor: torch.Tensor, scales: dict, dtype: torch.dtype) -> torch.Tensor:
+def _dequantise(part: _Part, tensor: torch.Tensor, scales: dict, extras: dict, dtype: torch.dtype) -> torch.Tensor:
     quant = part.quant
+    if quant.kind == "gguf":
+        return dequantize_gguf(tensor, quant.qtype, part.shape, dtype)
+    if quant.kind == "nf4":
+        return dequantize_nf4(tensor, extras[quant.absmax_key], part.shape, dtype, blocksize=quant.blocksize,
+                              quant_map=extras[quant.quant_map_key])
     if quant.kind == "rowwise":
         return dequantize_fp8_rowwise(tensor, scales[quant.scale_key].reshape(-1), dtype)
     if quant.kind == "per_tensor":
@@ -645,30 +747,32 @@ def _info(plan: _Plan) -> DiTCheckpointInfo:
                              dict(plan.source.metadata))
 
 
-def load_dit_checkpoint(path, dtype: torch.dtype | None = torch.bfloat16, keep_fp8: bool = False) -> DiTCheckpoint:
+def load_dit_checkpoint(path, dtype: torch.dtype | None = torch.bfloat16, keep_quantized: bool = False) -> DiTCheckpoint:
     """Load an Ideogram 4 DiT from ``path`` (file, shard, index or folder) into official key names.
 
     dtype: target of non-quantised floating tensors and of de-quantised fp8 weights; None keeps the file's
     dtypes (fp8 weights are then de-quantised to bf16, the official compute dtype).
-    keep_fp8: keep fp8 weights with a normalised per-row ``weight_scale`` (see the module docstring).
+    keep_quantized: keep quantised Linear weights quantised (fp8, GGUF blocks, nf4; see the module docstring).
     Raises CheckpointError (file named, what was found, the supported layouts).
     """
     _check_dtype(dtype)
     plan = _plan_dit(path)
-    return _to_checkpoint(plan, dtype, keep_fp8)
+    return _to_checkpoint(plan, dtype, keep_quantized)
 
 
-def _to_checkpoint(plan: _Plan, dtype, keep_fp8: bool) -> DiTCheckpoint:
+def _to_checkpoint(plan: _Plan, dtype, keep_quantized: bool) -> DiTCheckpoint:
+    state_dict, quantized = _materialise(plan, dtype, keep_quantized)
     return DiTCheckpoint(
         config=plan.config,
-        state_dict=_materialise(plan, dtype, keep_fp8),
+        state_dict=state_dict,
+        quantized=quantized,
         layout=plan.layout,
         path=str(plan.source.path),
         config_source=plan.config_source,
     )
 
 
-def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bfloat16, keep_fp8: bool = False
+def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bfloat16, keep_quantized: bool = False
                   ) -> tuple[DiTCheckpoint, DiTCheckpoint]:
     """Load the conditional and unconditional DiTs, refusing a pair that :func:`check_dit_pair` refuses.
 
@@ -676,7 +780,7 @@ def load_dit_pair(cond_path, uncond_path, dtype: torch.dtype | None = torch.bflo
     """
     _check_dtype(dtype)
     cond, uncond = _plan_pair(cond_path, uncond_path)
-    return _to_checkpoint(cond, dtype, keep_fp8), _to_checkpoint(uncond, dtype, keep_fp8)
+    return _to_checkpoint(cond, dtype, keep_quantized), _to_checkpoint(uncond, dtype, keep_quantized)
 
 
 def check_dit_pair(cond_path, uncond_path) -> tuple[DiTCheckpointInfo, DiTCheckpointInfo]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .constants import TOKEN_CHANNELS
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -17,7 +19,7 @@ class DiTConfig:
     attention_head_dim: int = 256
     intermediate_size: int = 12288  # SwiGLU hidden width
     adaln_dim: int = 512  # width of the shared timestep conditioning fed to every adaln_modulation
-    in_channels: int = 128  # = out channels: 32 VAE channels x 2x2 patch
+    in_channels: int = TOKEN_CHANNELS  # = out channels: 32 VAE channels x 2x2 patch
     llm_features_dim: int = 53248  # 13 tapped Qwen3-VL layers x 4096
     rope_theta: float = 5e6
     # (t, h, w) section sizes of the interleaved MRoPE. Only the h and w entries are read: frequency pairs

@@ -1,4 +1,4 @@
-"""Parse a user-written per-step guidance schedule (sampling order: first step first).
+"""Parse a user-written per-step guidance schedule (sampling order: first step first), and write one.
 
 Accepted forms (whitespace around items is ignored):
 
@@ -104,4 +104,10 @@ def format_guidance_schedule(values) -> str:
             runs[-1][1] += 1
         else:
             runs.append([value, 1])
-    return ",".join(f"{value:g}x{count}" for value, count in runs)
+    return ",".join(f"{_number_text(value)}x{count}" for value, count in runs)
+
+
+def _number_text(value: float) -> str:
+    """Whole numbers without a decimal point; others exactly (repr), so the parser reads back the same float."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)

@@ -19,9 +19,7 @@ Nothing here holds weights; this module is pure tensor bookkeeping.
 
 import torch
 
-PATCH_SIZE = 2
-VAE_LATENT_CHANNELS = 32
-TOKEN_CHANNELS = PATCH_SIZE * PATCH_SIZE * VAE_LATENT_CHANNELS  # 128
+from .constants import PATCH_SIZE, TOKEN_CHANNELS, VAE_LATENT_CHANNELS  # noqa: F401  (the layout this module converts)
 
 # Ideogram's latent statistics (official latent_norm.py, spec E.2), index k*32 + c with k = pi*2 + pj.
 # Kept as the decimal literals the reference publishes so float32 parsing gives the same bits.

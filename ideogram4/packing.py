@@ -36,14 +36,14 @@ class PackedSequence:
 
     x (B, L, C) in the latent dtype; text_features (B, Lt, F) in the given dtype, rows aligned with the text
     region (padding rows may hold anything: the DiT zeroes every row whose indicator is not 3), or None (no text);
-    positions (B, L, 3), segment_ids (B, L), indicators (B, L) int64; attention_mask (B, 1, L, L) bool or None;
+    positions (B, L, 3), indicators (B, L) int64; attention_mask (B, 1, L, L) bool or None (the official segment
+    mask: padding rows see only padding; None where a sample has no padding, so every token sees every token);
     image_slice selects the N image rows of dim 1.
     """
 
     x: torch.Tensor
     text_features: torch.Tensor | None
     positions: torch.Tensor
-    segment_ids: torch.Tensor
     indicators: torch.Tensor
     attention_mask: torch.Tensor | None
     image_slice: slice
@@ -83,7 +83,6 @@ def pack_unconditional(latent_tokens: torch.Tensor, grid_h: int, grid_w: int) ->
         x=latent_tokens,
         text_features=None,
         positions=positions,
-        segment_ids=torch.full((batch, count), _TEXT_SEGMENT, dtype=torch.long, device=device),
         indicators=torch.full((batch, count), OUTPUT_IMAGE_INDICATOR, dtype=torch.long, device=device),
         attention_mask=None,
         image_slice=slice(0, count),
@@ -127,7 +126,6 @@ def pack_conditional(latent_tokens: torch.Tensor, text_features: torch.Tensor, t
         positions = positions.unsqueeze(0).expand(batch, total, 3)
         indicators = torch.full((batch, total), OUTPUT_IMAGE_INDICATOR, dtype=torch.long, device=device)
         indicators[:, :text_length] = LLM_TOKEN_INDICATOR
-        segment_ids = torch.full((batch, total), _TEXT_SEGMENT, dtype=torch.long, device=device)
         attention_mask = None
     else:
         positions = torch.zeros((batch, total, 3), dtype=torch.long, device=device)
@@ -148,7 +146,6 @@ def pack_conditional(latent_tokens: torch.Tensor, text_features: torch.Tensor, t
         x=x,
         text_features=packed_features,
         positions=positions,
-        segment_ids=segment_ids,
         indicators=indicators,
         attention_mask=attention_mask,
         image_slice=slice(text_length, total),

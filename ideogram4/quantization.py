@@ -18,11 +18,15 @@ per row too and the product runs as one fp8 matrix multiply (``torch._scaled_mm`
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import math
 
 import torch
 
+from .gguf_dequant import dequantize_gguf
+from .nf4 import dequantize_nf4
 from .safetensors_io import CheckpointError
 
 # Largest finite float8_e4m3fn magnitude; the official quantiser maps each row's max |w| onto it.
@@ -80,6 +84,45 @@ def parse_comfy_quant(tensor: torch.Tensor, where: str = "comfy_quant") -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("format"), str):
         raise CheckpointError(f'{where}: expected a JSON object with a "format" string, found {config!r}.')
     return config
+
+
+def fp8_scaling(where: str, weight_dtype: torch.dtype, weight_shape, scale_shape, comfy_format: str | None = None
+                ) -> str | None:
+    """How a stored weight is scaled, from its dtype and shape and its sidecars' — the one reading of the fp8
+    sidecars, for the DiT and the text encoder alike.
+
+    weight_dtype / weight_shape: the weight as stored (uint8 is fp8 bytes in older ComfyUI files when a
+    ``comfy_quant`` entry names the format); scale_shape: the shape of its ``weight_scale`` (or the older
+    ``scale_weight``), None when it has none; comfy_format: the ``comfy_quant`` format, if any (an fp8 one).
+    Returns "rowwise" (scale ``(out,)`` or ``(out, 1)``), "per_tensor" (one value), "unscaled" (fp8 without a scale,
+    used as stored as ComfyUI does) or None for a plain weight. Raises CheckpointError, prefixed with ``where``, for
+    any other combination.
+    """
+    if comfy_format is not None:
+        storage = COMFY_FP8_FORMATS[comfy_format]
+        if weight_dtype not in (storage, torch.uint8):
+            raise CheckpointError(f"{where}: marked {comfy_format!r} by comfy_quant but stored as {weight_dtype}.")
+        if scale_shape is None:
+            raise CheckpointError(f"{where}: has a comfy_quant entry but no weight_scale.")
+        if math.prod(scale_shape) != 1:
+            raise CheckpointError(f"{where}: the weight_scale should be a single per-tensor scale for comfy_quant "
+                                  f"format {comfy_format!r}, found shape {list(scale_shape)}.")
+        return "per_tensor"
+    if weight_dtype not in FP8_DTYPES:
+        if scale_shape is not None:
+            raise CheckpointError(f"{where}: has a weight scale but is stored as {weight_dtype}, not float8; this "
+                                  "quantisation is not supported.")
+        return None
+    if scale_shape is None:
+        return "unscaled"
+    scale_shape = tuple(scale_shape)
+    if len(weight_shape) == 2 and scale_shape in ((weight_shape[0],), (weight_shape[0], 1)):
+        return "rowwise"
+    if math.prod(scale_shape) == 1:
+        return "per_tensor"
+    raise CheckpointError(f"{where}: shape mismatch: the weight scale fits neither per-tensor (one value) nor per-row "
+                          f"({weight_shape[0]},) scaling of a weight of shape {list(weight_shape)}; found "
+                          f"{list(scale_shape)}.")
 
 
 def rowwise_scale_from_per_tensor(scale: torch.Tensor, rows: int) -> torch.Tensor:
@@ -153,3 +196,43 @@ def fp8_matmul_linear(input: torch.Tensor, weight_fp8: torch.Tensor, bias, weigh
     if bias is not None:
         out = out + bias
     return out.reshape(*shape[:-1], weight_fp8.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizedWeight:
+    """How a Linear's weight is stored when it is kept quantised in memory, and how to rebuild it.
+
+    The layer holds the stored tensor as its ``weight`` and the sidecar tensors named by :attr:`sidecars` next to
+    it; :meth:`dequantize` rebuilds the weight of logical ``shape`` in the compute dtype, with tensor operations on
+    the device the tensors are on (no numpy), so a layer can do it each time it runs.
+
+    kind:
+    * ``"fp8_rowwise"``: float8 weight + ``weight_scale`` float32 ``(out,)``, the official rule (per-tensor scales
+      are stored as their exact per-row equivalent);
+    * ``"gguf"``: the GGML block bytes, uint8 ``(rows, bytes per row)``, of type ``qtype``
+      (:func:`ideogram4.gguf_dequant.dequantize_gguf`);
+    * ``"nf4"``: bitsandbytes NF4 bytes + ``weight_absmax`` (one float32 per ``blocksize`` values) and
+      ``weight_quant_map`` (the 16 code values) (:func:`ideogram4.nf4.dequantize_nf4`);
+    * ``"comfy"``: a ComfyUI ``comfy_quant`` format (``comfy_format``, e.g. ``"nvfp4"``) that only ComfyUI's own
+      quantised layers (``comfy.quant_ops``) read; the core passes the stored tensors on and never de-quantises them.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    qtype: int | None = None
+    blocksize: int = 64
+    comfy_format: str | None = None
+
+    @property
+    def sidecars(self) -> tuple[str, ...]:
+        return {"fp8_rowwise": ("weight_scale",), "nf4": ("weight_absmax", "weight_quant_map")}.get(self.kind, ())
+
+    def dequantize(self, stored: torch.Tensor, sidecars: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+        if self.kind == "fp8_rowwise":
+            return dequantize_fp8_rowwise(stored, sidecars["weight_scale"], dtype)
+        if self.kind == "gguf":
+            return dequantize_gguf(stored, self.qtype, self.shape, dtype)
+        if self.kind == "nf4":
+            return dequantize_nf4(stored, sidecars["weight_absmax"], self.shape, dtype, blocksize=self.blocksize,
+                                  quant_map=sidecars["weight_quant_map"])
+        raise ValueError(f"unknown quantised weight kind {self.kind!r}")

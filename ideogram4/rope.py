@@ -1,4 +1,5 @@
-"""Interleaved multi-axis rotary position embedding (MRoPE) of the Ideogram 4 DiT (spec A.5).
+"""Rotary position embedding: the interleaved multi-axis MRoPE of the Ideogram 4 DiT (spec A.5), and the rotation
+and frequencies the Qwen3-VL text encoder shares with it.
 
 Positions are ``(t, h, w)`` integer triples. Image tokens sit at ``65536 + (0, row, col)``, where bfloat16 keeps
 only 8 significant bits (every position in [65536, 65791] rounds to 65536) and TF32 only 11, so positions and angle
@@ -59,16 +60,15 @@ class MRoPE(nn.Module):
         key = (device, frequency_dtype)
         tables = self._device_tables.get(key)
         if tables is None:
-            inv_freq = self._inv_freq_cpu
-            if frequency_dtype is not None:
-                inv_freq = inv_freq.to(frequency_dtype).to(torch.float32)
-            tables = (inv_freq.to(device), self._axis_cpu.to(device))
+            tables = (self.inverse_frequencies(frequency_dtype).to(device), self._axis_cpu.to(device))
             self._device_tables[key] = tables
         return tables
 
     def inverse_frequencies(self, frequency_dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The (head_dim/2,) float32 frequencies actually used, after the optional rounding."""
-        return self._tables(torch.device("cpu"), frequency_dtype)[0].clone()
+        """The (head_dim/2,) float32 frequencies on the CPU, rounded through ``frequency_dtype`` if given."""
+        if frequency_dtype is None:
+            return self._inv_freq_cpu
+        return self._inv_freq_cpu.to(frequency_dtype).to(torch.float32)
 
     def forward(self, positions: torch.Tensor, frequency_dtype: torch.dtype | None = None):
         """positions (B, L, 3) integer -> (cos, sin), each (B, L, head_dim) float32.

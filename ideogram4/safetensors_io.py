@@ -174,7 +174,7 @@ def resolve_checkpoint_path(path: str | pathlib.Path) -> pathlib.Path:
 
 def _not_safetensors(path: pathlib.Path, why: str) -> CheckpointError:
     if path.suffix.lower() == ".gguf":
-        why += "; GGUF files are not read by this pack (use a GGUF loader node)"
+        why += "; it is named .gguf but does not start with the GGUF magic bytes either, so it is damaged"
     return CheckpointError(
         f"{path}: not a readable safetensors file ({why}). Expected a .safetensors file; re-download it or pick "
         "another file."

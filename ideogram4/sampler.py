@@ -23,11 +23,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .constants import TOKEN_CHANNELS
+
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
 
 
-def make_noise(batch: int, num_tokens: int, seed: int, device: torch.device | str, channels: int = 128) -> torch.Tensor:
+def make_noise(batch: int, num_tokens: int, seed: int, device: torch.device | str, channels: int = TOKEN_CHANNELS) -> torch.Tensor:
     """Initial noise ``(batch, num_tokens, channels)`` float32, exactly as the official pipeline draws it.
 
     One ``torch.randn`` call from a generator on ``device`` seeded with ``seed`` — on CUDA that is the CUDA

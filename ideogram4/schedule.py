@@ -22,6 +22,8 @@ import numbers
 
 import torch
 
+from .constants import PIXELS_PER_TOKEN
+
 # Clamp bounds from the official logSNR limits (logSNR_max = 18, logSNR_min = -15), as Python doubles.
 # The schedule's first/last times are these values rounded to float32.
 T_MIN: float = 1.0 / (1.0 + math.exp(0.5 * 18.0))
@@ -29,7 +31,6 @@ T_MAX: float = 1.0 / (1.0 + math.exp(0.5 * -15.0))
 
 # The official resolution shift is relative to a 512 x 512 image.
 _REFERENCE_PIXELS = 512 * 512
-_PIXELS_PER_TOKEN = 16
 
 
 def resolution_shifted_mean(mu: float, width: int, height: int) -> float:
@@ -67,11 +68,11 @@ def _validate(steps: int, mu: float, std: float, width: int, height: int) -> Non
     if not _is_finite_number(std) or std <= 0:
         raise ValueError(f"logit_normal_schedule: std must be a finite number > 0, got {std!r}.")
     for name, size in (("width", width), ("height", height)):
-        if not _is_integer(size) or size <= 0 or size % _PIXELS_PER_TOKEN:
+        if not _is_integer(size) or size <= 0 or size % PIXELS_PER_TOKEN:
             raise ValueError(
-                f"logit_normal_schedule: {name} must be a positive multiple of {_PIXELS_PER_TOKEN} pixels "
-                f"(one latent token is {_PIXELS_PER_TOKEN}x{_PIXELS_PER_TOKEN} px), got {size!r}; "
-                f"round it to a multiple of {_PIXELS_PER_TOKEN}, e.g. 1024."
+                f"logit_normal_schedule: {name} must be a positive multiple of {PIXELS_PER_TOKEN} pixels "
+                f"(one latent token is {PIXELS_PER_TOKEN}x{PIXELS_PER_TOKEN} px), got {size!r}; "
+                f"round it to a multiple of {PIXELS_PER_TOKEN}, e.g. 1024."
             )
 
 

@@ -27,7 +27,6 @@ alone (faster, same maths).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 from .constants import PIXELS_PER_TOKEN, QWEN3_VL_ACTIVATION_LAYERS
 from .ops import resolve_operations
+from .rope import apply_rotary, rope_inverse_frequencies
 from .tokens import tokenize_prompts
 
 # Qwen3-VL-8B's rope_theta; transformers' Qwen3VLTextConfig defaults to another value, so it is explicit here.
@@ -105,13 +105,6 @@ def num_layers_to_build() -> int:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _inv_freq_cpu(theta: float, head_dim: int) -> torch.Tensor:
-    # Computed on the CPU in float32 like transformers' rotary module at construction, so the frequencies do
-    # not depend on the device's pow implementation.
-    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype=torch.float) / head_dim))
-
-
 def rope_cos_sin(
     positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,22 +112,12 @@ def rope_cos_sin(
 
     Angles and cos/sin in float32 with autocast off, then cast to ``dtype`` (as transformers does).
     """
-    inv_freq = _inv_freq_cpu(float(theta), int(head_dim)).to(positions.device)
+    inv_freq = rope_inverse_frequencies(int(head_dim), float(theta)).to(positions.device)
     with torch.autocast(device_type=positions.device.type, enabled=False):
         angles = positions[..., None].float() * inv_freq
         angles = torch.cat((angles, angles), dim=-1)
         cos, sin = angles.cos(), angles.sin()
     return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x (B, heads, L, D) in its own dtype (cos/sin already cast to it)."""
-    return x * cos + rotate_half(x) * sin
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, batch: int, length: int, device) -> torch.Tensor:
@@ -258,7 +241,7 @@ class Qwen3VLAttention(nn.Module):
         k = qwen_rms_norm(self.k_norm, self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim))
         q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v)
         keys = k.shape[2]

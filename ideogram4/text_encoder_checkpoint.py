@@ -8,10 +8,18 @@ Accepted (all through :func:`load_text_encoder`):
 * the official ``ideogram-ai/ideogram-4-fp8`` ``text_encoder/`` (``"ideogram_fp8_weight_only": true``): Linear
   weights float8_e4m3fn ``(out, in)`` + ``<name>.weight_scale`` float32 ``(out,)``, de-quantised once at load
   exactly like the official ``Fp8Linear`` (:func:`ideogram4.quantization.dequantize_fp8_rowwise`), or kept in fp8
-  for per-call de-quantisation (``keep_fp8_with``, as the ComfyUI nodes load it);
+  for per-call de-quantisation (``keep_quantized_with``, as the ComfyUI nodes load it);
 * ComfyUI single files such as Comfy-Org's ``qwen3vl_8b_fp8_scaled.safetensors``: any key prefix in front of
   ``embed_tokens``/``layers.N`` (``model.language_model.``, ``model.``, ...), ``<layer>.comfy_quant`` +
-  per-tensor ``<layer>.weight_scale`` (or the older ``.scale_weight``) fp8, unscaled fp8 taken as is.
+  per-tensor ``<layer>.weight_scale`` (or the older ``.scale_weight``) fp8, unscaled fp8 taken as is;
+* the official ``ideogram-4-nf4`` ``text_encoder/`` (bitsandbytes nf4 Linear weights with ``.weight.absmax``,
+  ``.weight.quant_map`` and ``.weight.quant_state.bitsandbytes__nf4`` sidecars);
+* GGUF files of the Qwen3-VL-8B language model in llama.cpp naming (``general.architecture`` ``qwen3vl``;
+  ``token_embd``, ``blk.N.attn_q/k/v/output``, ``attn_q_norm``/``attn_k_norm``, ``attn_norm``, ``ffn_norm``,
+  ``blk.N.ffn_gate/up/down``), read with the ``gguf`` package (:mod:`ideogram4.gguf_io`).
+
+fp8, nf4 and GGUF Linear weights are de-quantised once at load, or kept quantised for per-call de-quantisation
+(``keep_quantized_with``, as the ComfyUI nodes load them); a quantised GGUF ``token_embd`` is de-quantised once.
 
 Only ``embed_tokens`` and decoder layers 0..35 are ever read: the vision tower, the final norm and the LM head
 stay on disk (shards that hold nothing else are not even opened). Dimensions come from ``config.json``
@@ -33,12 +41,15 @@ from typing import Callable
 
 import torch
 
+from .gguf_dequant import dequantize_gguf
+from .gguf_io import GGUF_BLOCK_TYPES, GGUFSource, is_gguf_file, iter_gguf_tensors, open_gguf
+from .nf4 import dequantize_nf4, parse_bnb_quant_state
 from .quantization import (
     COMFY_FP8_FORMATS,
     FP8_DTYPES,
+    QuantizedWeight,
     as_row_scale,
-    dequantize_fp8_per_tensor,
-    dequantize_fp8_rowwise,
+    fp8_scaling,
     parse_comfy_quant,
 )
 from .safetensors_io import (
@@ -50,18 +61,48 @@ from .safetensors_io import (
 )
 from .text_encoder import Qwen3VLTextConfig, Qwen3VLTextEncoder, encode_prompts, num_layers_to_build
 from .tokens import find_tokenizer_dir, load_tokenizer
+from .weight_files import describe_model_kind
+from .dit_checkpoint import COMFY_NATIVE_FORMATS
 
 # The key that identifies a Qwen3 decoder (per-head q norm) and, by what precedes it, the language model prefix.
 _Q_NORM_SUFFIX = "layers.0.self_attn.q_norm.weight"
 _LAYER_KEY = re.compile(r"layers\.(\d+)\.")
-OFFICIAL_FP8_CONFIG_FLAG = "ideogram_fp8_weight_only"
 QWEN3_VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_text")
 HF_TEXT_ENCODER_SUBFOLDER = "text_encoder"
 
 SUPPORTED_LAYOUTS = (
     "Supported: a Hugging Face Qwen3-VL text_encoder/ folder (bf16/fp32, single or sharded), the official "
-    "ideogram-4-fp8 text_encoder/ folder, or a ComfyUI single file such as qwen3vl_8b_fp8_scaled.safetensors."
+    "ideogram-4-fp8 or ideogram-4-nf4 text_encoder/ folder, a ComfyUI single file such as "
+    "qwen3vl_8b_fp8_scaled.safetensors, or a Qwen3-VL-8B GGUF in llama.cpp naming."
 )
+# Hugging Face module names of a Qwen3 decoder layer -> llama.cpp's tensor names (``blk.N.<name>``).
+LLAMA_CPP_LAYER_NAMES = {
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+LLAMA_CPP_GLOBAL_NAMES = {"embed_tokens": "token_embd", "norm": "output_norm"}
+_FROM_LLAMA_CPP = {value: key for key, value in LLAMA_CPP_LAYER_NAMES.items()}
+_LLAMA_CPP_KEY = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+# general.architecture of llama.cpp's Qwen3-VL language model; a plain Qwen3 has other weights.
+GGUF_TEXT_ENCODER_ARCHITECTURES = ("qwen3vl",)
+_BNB_STATE_SUFFIX = ".quant_state.bitsandbytes__nf4"
+
+
+def hf_name_from_llama_cpp(name: str) -> str | None:
+    """``blk.3.attn_q.weight`` -> ``layers.3.self_attn.q_proj.weight``, ``token_embd.weight`` ->
+    ``embed_tokens.weight``; the LM head (``output.weight``) -> None (never read); other names unchanged."""
+    if name == "output.weight":
+        return None
+    match = _LLAMA_CPP_KEY.match(name)
+    if match is not None and match.group(2) in _FROM_LLAMA_CPP:
+        return f"layers.{match.group(1)}.{_FROM_LLAMA_CPP[match.group(2)]}.{match.group(3)}"
+    stem, _, param = name.rpartition(".")
+    for hf, llama in LLAMA_CPP_GLOBAL_NAMES.items():
+        if stem == llama:
+            return f"{hf}.{param}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -69,7 +110,8 @@ class TextEncoderLayout:
     """What :func:`inspect_text_encoder_checkpoint` found, from headers and config.json only.
 
     prefix: what precedes ``embed_tokens``/``layers.N`` in the keys; num_file_layers: decoder layers in the
-    file; quantization: "none", "fp8_rowwise" (official), "fp8_per_tensor" (ComfyUI) or "fp8_unscaled".
+    file; quantization: "none", "fp8_rowwise" (official), "fp8_per_tensor" (ComfyUI), "fp8_unscaled", "nf4" or
+    "gguf".
     """
 
     path: pathlib.Path
@@ -107,32 +149,7 @@ def _resolve_weights_path(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def _describe_foreign(keys: list[str]) -> str:
-    """What a file that is not a Qwen3-VL language model looks like, for the error message."""
-    text = "\n".join(keys)
-    sample = ", ".join(keys[:3])
-    if "embed_image_indicator" in text or "llm_cond_proj" in text or ".attention.qkv." in text:
-        return f"an Ideogram 4 DiT (diffusion model, keys like {sample}); load it with the DiT loader instead"
-    if "double_blocks." in text or "single_blocks." in text or "joint_blocks." in text or "input_blocks." in text:
-        return f"a diffusion model (keys like {sample}); it belongs in models/diffusion_models"
-    if any(marker in text for marker in ("decoder.conv_in", "encoder.conv_in", "post_quant_conv", "decoder.up.",
-                                         "decoder.up_blocks", "decoder.mid")):
-        return f"a VAE / autoencoder (keys like {sample}); load it with a VAE loader instead"
-    if "text_model.encoder.layers." in text:
-        return f"a CLIP text encoder (keys like {sample}), not Qwen3-VL"
-    if ".SelfAttention." in text and "encoder.block." in text:
-        return f"a T5 text encoder (keys like {sample}), not Qwen3-VL"
-    if "self_attn.q_proj" in text and "embed_tokens" in text:
-        return (f"a language model without per-head q/k norms (Llama / Qwen2 / Qwen2.5-VL style, keys like "
-                f"{sample}), not Qwen3-VL")
-    if "visual." in text or "vision" in text:
-        return f"a vision tower without its language model (keys like {sample})"
-    if "lora_A" in text or "lora_down" in text:
-        return f"a LoRA (keys like {sample}), not a full model"
-    return f"an unrecognised state dict ({len(keys)} tensors, keys like {sample})"
-
-
-def _find_text_prefix(keys: list[str], label: str) -> str:
+def _find_text_prefix(keys: list[str], label: str, architecture: str | None = None) -> str:
     candidates = sorted(
         key[: -len(_Q_NORM_SUFFIX)]
         for key in keys
@@ -153,7 +170,8 @@ def _find_text_prefix(keys: list[str], label: str) -> str:
             f"'{candidates[0]}embed_tokens.weight'; the file is incomplete. Re-download it. " + SUPPORTED_LAYOUTS
         )
     raise CheckpointError(
-        f"{label}: this is not a Qwen3-VL text encoder: it looks like {_describe_foreign(keys)}. " + SUPPORTED_LAYOUTS
+        f"{label}: this is not a Qwen3-VL text encoder: it looks like {describe_model_kind(keys, architecture)}. "
+        + SUPPORTED_LAYOUTS
     )
 
 
@@ -185,9 +203,59 @@ def _config_from_shapes(shapes: dict[str, list[int]], prefix: str, num_file_laye
     )
 
 
+def _open(path: pathlib.Path):
+    return open_gguf(path, rename=hf_name_from_llama_cpp) if is_gguf_file(path) else open_source(path)
+
+
+def _read(source, keys):
+    return iter_gguf_tensors(source, keys) if isinstance(source, GGUFSource) else iter_tensors(source, keys)
+
+
+def _check_gguf_architecture(source, label: str) -> None:
+    if not isinstance(source, GGUFSource) or source.architecture in GGUF_TEXT_ENCODER_ARCHITECTURES:
+        return
+    raise CheckpointError(
+        f"{label}: a GGUF language model of architecture {source.architecture!r}, but Ideogram 4 needs the language "
+        f"model of Qwen3-VL-8B-Instruct (GGUF architecture {GGUF_TEXT_ENCODER_ARCHITECTURES[0]!r}); other models "
+        "have other weights. Use a Qwen3-VL-8B-Instruct GGUF or qwen3vl_8b_fp8_scaled.safetensors. " + SUPPORTED_LAYOUTS)
+
+
+def _comfy_native_layers(source) -> dict[str, str]:
+    """``<layer>.`` -> format, for the layers stored in a ComfyUI format only ComfyUI's own quantised layers read
+    (Comfy-Org qwen3vl_8b_nvfp4)."""
+    if isinstance(source, GGUFSource):
+        return {}
+    keys = [key for key in source.entries if key.endswith(".comfy_quant")]
+    found = {}
+    for key, tensor in (_read(source, keys) if keys else ()):
+        quant_format = parse_comfy_quant(tensor, where=f"{source.path}: {key}")["format"]
+        if quant_format in COMFY_NATIVE_FORMATS:
+            found[key[: -len("comfy_quant")]] = quant_format
+    return found
+
+
+def _logical_shapes(source) -> dict[str, list[int]]:
+    """Every tensor's shape as the model sees it: nf4 weights take theirs from the bitsandbytes quant state (stored,
+    they are a column of bytes)."""
+    shapes = {key: list(shape) for key, (_, shape) in source.entries.items()}
+    for layer, quant_format in _comfy_native_layers(source).items():
+        shapes[layer + "weight"][-1] *= COMFY_NATIVE_FORMATS[quant_format]
+    state_keys = [key for key in source.entries if key.endswith(_BNB_STATE_SUFFIX)]
+    for key, blob in (_read(source, state_keys) if state_keys else ()):
+        try:
+            shapes[key[: -len(_BNB_STATE_SUFFIX)]] = list(parse_bnb_quant_state(blob)["shape"])
+        except ValueError as error:
+            raise CheckpointError(f"{source.path}: {key}: {error}. " + SUPPORTED_LAYOUTS) from None
+    return shapes
+
+
 def _quantization_kind(entries: dict, prefix: str) -> str:
     probe = prefix + "layers.0.self_attn.q_proj."
     dtype_name = entries[probe + "weight"][0]
+    if probe + "weight.absmax" in entries:
+        return "nf4"
+    if dtype_name in GGUF_BLOCK_TYPES:
+        return "gguf"
     if probe + "comfy_quant" in entries or probe + "scale_weight" in entries:
         return "fp8_per_tensor"
     if probe + "weight_scale" in entries:
@@ -201,10 +269,11 @@ def _quantization_kind(entries: dict, prefix: str) -> str:
 def inspect_text_encoder_checkpoint(path: str | pathlib.Path) -> TextEncoderLayout:
     """Detect prefix, dimensions and quantisation of a text-encoder checkpoint without reading tensor data."""
     path = _resolve_weights_path(pathlib.Path(path).expanduser())
-    source = open_source(path)
+    source = _open(path)
     label = str(path)
     keys = list(source.entries)
-    prefix = _find_text_prefix(keys, label)
+    prefix = _find_text_prefix(keys, label, getattr(source, "architecture", None))
+    _check_gguf_architecture(source, label)
     layer_indices = {int(m.group(1)) for key in keys if key.startswith(prefix)
                      for m in [_LAYER_KEY.match(key[len(prefix):])] if m}
     num_file_layers = max(layer_indices) + 1
@@ -214,7 +283,7 @@ def inspect_text_encoder_checkpoint(path: str | pathlib.Path) -> TextEncoderLayo
             f"{num_layers_to_build() - 1}, so it needs at least {num_layers_to_build()} (Qwen3-VL-8B has 36). "
             "This is a smaller model or a truncated file."
         )
-    shapes = {key: shape for key, (_, shape) in source.entries.items()}
+    shapes = _logical_shapes(source)
     hf_config = find_config_json(path)
     if hf_config is not None:
         _check_config_model_type(hf_config, label)
@@ -244,7 +313,9 @@ def _weight_sidecars(key: str, entries: dict) -> dict[str, str]:
         return {}
     layer = key[: -len("weight")]
     roles = {"comfy_quant": layer + "comfy_quant", "weight_scale": layer + "weight_scale",
-             "scale_weight": layer + "scale_weight"}
+             "scale_weight": layer + "scale_weight", "absmax": key + ".absmax", "quant_map": key + ".quant_map",
+             "quant_state": key + _BNB_STATE_SUFFIX, "weight_scale_2": layer + "weight_scale_2",
+             "input_scale": layer + "input_scale"}
     return {role: sidecar for role, sidecar in roles.items() if sidecar in entries}
 
 
@@ -253,6 +324,7 @@ def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
     """A stored tensor and its quantisation sidecars -> (weight, scale or None): the weight as stored (uint8 bytes
     of old ComfyUI files viewed as their fp8 dtype), the scale as stored (one value or per row)."""
     where = f"{label}: {key}"
+    quant_format = None
     if "comfy_quant" in sidecars:
         quant_key = where[: -len("weight")] + "comfy_quant"
         quant_format = parse_comfy_quant(sidecars["comfy_quant"], where=quant_key)["format"]
@@ -261,41 +333,25 @@ def _scaled_fp8(key: str, weight: torch.Tensor, sidecars: dict[str, torch.Tensor
                 f"{where}: uses ComfyUI quantisation format {quant_format!r}, which this pack does not de-quantise "
                 f"(supported: {sorted(COMFY_FP8_FORMATS)}). Use qwen3vl_8b_fp8_scaled.safetensors or the bf16 weights."
             )
-        if weight.dtype == torch.uint8:  # older ComfyUI files store fp8 bytes as uint8
-            weight = weight.view(COMFY_FP8_FORMATS[quant_format])
     scale = sidecars.get("weight_scale", sidecars.get("scale_weight"))
-    if scale is None:
-        return weight, None
-    if weight.dtype not in FP8_DTYPES:
-        raise CheckpointError(f"{where}: has a weight scale but is stored as {weight.dtype}, not float8.")
-    if scale.numel() == 1 or (weight.dim() == 2 and scale.shape == (weight.shape[0],)):
-        return weight, scale
-    raise CheckpointError(
-        f"{where}: weight scale of shape {tuple(scale.shape)} fits neither per-tensor (one value) nor per-row "
-        f"({weight.shape[0]},) scaling of a weight of shape {tuple(weight.shape)}."
-    )
+    kind = fp8_scaling(where, weight.dtype, tuple(weight.shape), None if scale is None else tuple(scale.shape),
+                       quant_format)
+    if quant_format is not None and weight.dtype == torch.uint8:  # older ComfyUI files store fp8 bytes as uint8
+        weight = weight.view(COMFY_FP8_FORMATS[quant_format])
+    return weight, scale if kind in ("rowwise", "per_tensor") else None
 
 
-def _dequantize(weight: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """A stored weight and its scale (from :func:`_scaled_fp8`) -> ``dtype`` (see the module docstring)."""
-    if scale is None:
-        # Unscaled fp8 (or plain float) weights are used as stored, as ComfyUI does.
-        return weight.to(dtype)
-    if scale.numel() == 1:
-        return dequantize_fp8_per_tensor(weight, scale, dtype)
-    return dequantize_fp8_rowwise(weight, scale, dtype)
-
-
-def _check_shapes(expected: dict[str, tuple[int, ...]], entries: dict, layout: TextEncoderLayout) -> None:
-    missing = [key for key in expected if layout.prefix + key not in entries]
+def _check_shapes(expected: dict[str, tuple[int, ...]], shapes: dict[str, list[int]], layout: TextEncoderLayout
+                 ) -> None:
+    missing = [key for key in expected if layout.prefix + key not in shapes]
     if missing:
         raise CheckpointError(
             f"{layout.path}: missing {len(missing)} tensors of the language model, e.g. "
             f"{[layout.prefix + key for key in missing[:5]]}. The file is incomplete or another model. "
             + SUPPORTED_LAYOUTS
         )
-    wrong = [(layout.prefix + key, list(entries[layout.prefix + key][1]), list(shape))
-             for key, shape in expected.items() if tuple(entries[layout.prefix + key][1]) != shape]
+    wrong = [(layout.prefix + key, list(shapes[layout.prefix + key]), list(shape))
+             for key, shape in expected.items() if tuple(shapes[layout.prefix + key]) != shape]
     if wrong:
         key, found, wanted = wrong[0]
         raise CheckpointError(
@@ -305,58 +361,103 @@ def _check_shapes(expected: dict[str, tuple[int, ...]], entries: dict, layout: T
         )
 
 
-def _weight_entries(model: torch.nn.Module, key: str, weight: torch.Tensor, scale: torch.Tensor | None,
-                   dtype: torch.dtype, keep_fp8_with) -> dict[str, torch.Tensor]:
-    """State-dict entries for one stored weight: a scaled fp8 Linear weight kept in fp8 (with its row scale, the
-    layer prepared by ``keep_fp8_with``) when asked, else the weight de-quantised to ``dtype``."""
-    layer = key.rpartition(".")[0]
-    if keep_fp8_with is not None and scale is not None and isinstance(model.get_submodule(layer), torch.nn.Linear):
-        row_scale = as_row_scale(scale, weight.shape[0]).to(weight.device)
-        keep_fp8_with(model.get_submodule(layer), row_scale)
-        return {key: weight, layer + ".weight_scale": row_scale}
-    return {key: _dequantize(weight, scale, dtype)}
+KeepQuantized = Callable[[torch.nn.Module, QuantizedWeight, torch.Tensor, dict[str, torch.Tensor]], None]
 
+
+def _stored_weight(source, file_key: str, tensor: torch.Tensor, sidecars: dict[str, torch.Tensor], shape, label: str
+                   ) -> tuple[torch.Tensor, QuantizedWeight | None, dict[str, torch.Tensor]]:
+    """A stored tensor and its sidecars -> (stored weight, how it is quantised or None, the sidecars a quantised
+    layer holds). fp8 scales become the exact per-row scale; unscaled fp8 and plain tensors come back as stored."""
+    shape = tuple(shape)
+    if isinstance(source, GGUFSource) and source.entries[file_key][0] in GGUF_BLOCK_TYPES:
+        return tensor, QuantizedWeight("gguf", shape, qtype=source.qtypes[file_key]), {}
+    if "absmax" in sidecars:
+        state = parse_bnb_quant_state(sidecars["quant_state"])
+        return tensor, QuantizedWeight("nf4", shape, blocksize=state["blocksize"]), {
+            "weight_absmax": sidecars["absmax"].reshape(-1).float(),
+            "weight_quant_map": sidecars["quant_map"].reshape(16).float()}
+    weight, scale = _scaled_fp8(file_key, tensor, sidecars, label)
+    if scale is None:
+        return weight, None, {}
+    return weight, QuantizedWeight("fp8_rowwise", shape), {"weight_scale": as_row_scale(scale, weight.shape[0])}
+
+
+def _weight_entries(model: torch.nn.Module, key: str, weight: torch.Tensor, quantized: QuantizedWeight | None,
+                    sidecars: dict[str, torch.Tensor], dtype: torch.dtype, keep_quantized_with) -> dict:
+    """State-dict entries for one stored weight (from :func:`_stored_weight`): a quantised Linear weight kept as
+    stored with its sidecars (the layer prepared by ``keep_quantized_with``) when asked, else the weight
+    de-quantised to ``dtype``; plain tensors in ``dtype`` (unscaled fp8 weights are used as stored, as ComfyUI
+    does)."""
+    if quantized is None:
+        return {key: weight.to(dtype) if weight.is_floating_point() else weight}
+    layer = key.rpartition(".")[0]
+    module = model.get_submodule(layer)
+    if keep_quantized_with is not None and isinstance(module, torch.nn.Linear):
+        sidecars = {name: value.to(weight.device) for name, value in sidecars.items()}
+        keep_quantized_with(module, quantized, weight, sidecars)
+        return {key: weight, **{f"{layer}.{name}": value for name, value in sidecars.items()}}
+    return {key: quantized.dequantize(weight, sidecars, dtype)}
 
 def load_text_encoder_model(
     path: str | pathlib.Path,
     dtype: torch.dtype = torch.bfloat16,
     device=None,
     operations=None,
-    keep_fp8_with: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
+    keep_quantized_with: KeepQuantized | None = None,
+    comfy_operations: Callable[[list[str]], object] | None = None,
 ) -> tuple[Qwen3VLTextEncoder, TextEncoderLayout]:
-    """Build the encoder and fill it from ``path`` (fp8 weights de-quantised to ``dtype`` once).
+    """Build the encoder and fill it from ``path`` (quantised weights de-quantised to ``dtype`` once).
 
     The model is built on the meta device and the loaded tensors are assigned, so no second copy of the
-    weights exists; tensors are streamed one at a time and converted on ``device`` (default CPU).
+    weights exists; tensors are streamed one at a time (each with its sidecars) and converted on ``device``
+    (default CPU).
 
-    keep_fp8_with: keep scaled fp8 Linear weights in fp8 (half the memory of bf16) instead of de-quantising them:
-    each such Linear is first passed to ``keep_fp8_with(linear, row_scale)`` (``row_scale`` (out,) float32), which
-    must make it hold an fp8 ``weight`` and a ``weight_scale`` Parameter and de-quantise per call with the official
-    rule (:func:`ideogram4.quantization.dequantize_fp8_rowwise`); a per-tensor scale becomes the equivalent
-    per-row one. The ComfyUI nodes pass their fp8 layer maker.
+    keep_quantized_with: keep quantised Linear weights (scaled fp8, nf4, GGUF blocks) quantised instead of
+    de-quantising them: each such Linear is first passed to ``keep_quantized_with(linear, quantized, stored,
+    sidecars)`` (an :class:`ideogram4.quantization.QuantizedWeight`, the stored weight, the sidecar tensors it
+    names), which must make the Linear hold them and de-quantise per call; a per-tensor fp8 scale becomes the
+    equivalent per-row one. The ComfyUI nodes pass their quantised-layer maker.
+
+    comfy_operations: for files whose layers are stored in a ComfyUI format only ComfyUI's own quantised layers read
+    (Comfy-Org ``qwen3vl_8b_nvfp4``): called with those formats, returns the layers to build the encoder with (and
+    may refuse). Every ComfyUI-quantised layer of such a file is then handed its stored tensors unchanged.
     """
     layout = inspect_text_encoder_checkpoint(path)
-    source = open_source(layout.path)
-    model = Qwen3VLTextEncoder(layout.config, dtype=dtype, device="meta", operations=operations)
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
-    _check_shapes(expected, source.entries, layout)
-
+    source = _open(layout.path)
+    native = _comfy_native_layers(source)
     target_device = torch.device(device) if device is not None else torch.device("cpu")
+    if native:
+        formats = sorted(set(native.values()))
+        if comfy_operations is None:
+            raise CheckpointError(
+                f"{layout.path}: stored in ComfyUI's {', '.join(formats)} format, which only ComfyUI's own quantised "
+                "layers read; load it in ComfyUI, or use qwen3vl_8b_fp8_scaled.safetensors. " + SUPPORTED_LAYOUTS)
+        operations = comfy_operations(formats)
+    # ComfyUI's quantised layers keep their weights on the device they were built on, so such a model is built there.
+    model = Qwen3VLTextEncoder(layout.config, dtype=dtype, device=target_device if native else "meta",
+                               operations=operations)
+    # The tensors the architecture needs (ComfyUI's quantised layers list theirs only once loaded).
+    expected = {key: tuple(tensor.shape) for key, tensor in
+                Qwen3VLTextEncoder(layout.config, dtype=dtype, device="meta").state_dict().items()}
+    shapes = _logical_shapes(source)
+    _check_shapes(expected, shapes, layout)
+
     sidecar_keys = {key: _weight_sidecars(layout.prefix + key, source.entries) for key in expected}
-    # The small sidecars first, so each big tensor can be converted and released as it is read.
-    sidecar_values = dict(iter_tensors(source, [k for roles in sidecar_keys.values() for k in roles.values()]))
+    order = [k for key in expected for k in (layout.prefix + key, *sidecar_keys[key].values())]
+    stored = _read(source, order)
     label = str(layout.path)
     state_dict = {}
-    file_keys = [layout.prefix + key for key in expected]
-    for file_key, tensor in iter_tensors(source, file_keys):
-        key = file_key[len(layout.prefix):]
-        sidecars = {role: sidecar_values[k] for role, k in sidecar_keys[key].items()}
+    for key in expected:
+        file_key, tensor = next(stored)
+        sidecars = {role: next(stored)[1] for role in sidecar_keys[key]}
         tensor = tensor.to(target_device)
-        if not (tensor.is_floating_point() or sidecars):
-            state_dict[key] = tensor
+        layer = key.rpartition(".")[0]
+        if native and "comfy_quant" in sidecars:
+            state_dict[key] = tensor  # ComfyUI's layer reads the weight and its sidecars as stored
+            state_dict.update({f"{layer}.{role}": value.to(target_device) for role, value in sidecars.items()})
             continue
-        weight, scale = _scaled_fp8(file_key, tensor, sidecars, label)
-        state_dict.update(_weight_entries(model, key, weight, scale, dtype, keep_fp8_with))
+        weight, quantized, layer_sidecars = _stored_weight(source, file_key, tensor, sidecars, expected[key], label)
+        state_dict.update(_weight_entries(model, key, weight, quantized, layer_sidecars, dtype, keep_quantized_with))
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
@@ -368,21 +469,23 @@ def load_text_encoder(
     dtype: torch.dtype = torch.bfloat16,
     device=None,
     operations=None,
-    tokenizer_dir: str | pathlib.Path | None = None,
-    keep_fp8_with: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
+    host_tokenizer_dir: str | pathlib.Path | None = None,
+    keep_quantized_with: KeepQuantized | None = None,
+    comfy_operations: Callable[[list[str]], object] | None = None,
 ) -> LoadedTextEncoder:
     """Load the Qwen3-VL text encoder and its tokenizer.
 
     path: a file, shard index or folder in one of the layouts of the module docstring. dtype: weight and
-    compute dtype (bf16 = official). operations: layer namespace (:mod:`ideogram4.ops`). tokenizer_dir: the
-    tokenizer folder; when None, a ``tokenizer/`` folder beside the weights, else a ComfyUI host's
-    ``qwen25_tokenizer`` (:func:`ideogram4.tokens.find_tokenizer_dir`). keep_fp8_with: see
+    compute dtype (bf16 = official). operations: layer namespace (:mod:`ideogram4.ops`). The tokenizer is a
+    ``tokenizer/`` folder beside the weights, else ``host_tokenizer_dir`` (the running ComfyUI's bundled one,
+    which the nodes pass; :func:`ideogram4.tokens.find_tokenizer_dir`). keep_quantized_with, comfy_operations: see
     :func:`load_text_encoder_model`.
     """
     # Find the tokenizer before reading gigabytes of weights, so a missing one fails fast.
-    found_tokenizer_dir = find_tokenizer_dir(weights_path=path, tokenizer_dir=tokenizer_dir)
+    found_tokenizer_dir = find_tokenizer_dir(path, host_tokenizer_dir)
     encoder, layout = load_text_encoder_model(path, dtype=dtype, device=device, operations=operations,
-                                              keep_fp8_with=keep_fp8_with)
+                                              keep_quantized_with=keep_quantized_with,
+                                              comfy_operations=comfy_operations)
     return LoadedTextEncoder(
         encoder=encoder, tokenizer=load_tokenizer(found_tokenizer_dir), layout=layout,
         tokenizer_dir=found_tokenizer_dir,
@@ -419,11 +522,11 @@ def load_language_model_head(
     dtype: torch.dtype = torch.bfloat16,
     device=None,
     operations=None,
-    keep_fp8_with: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
+    keep_quantized_with: KeepQuantized | None = None,
 ):
     """The final norm and LM head (:class:`ideogram4.text_generation.Qwen3VLLanguageModelHead`) of the text
     encoder in ``text_encoder_path``: the norm from that file, the head from it when it has ``lm_head.weight``,
-    else from ``head_path``. Scaled fp8 heads are handled as the encoder's Linears (``keep_fp8_with``).
+    else from ``head_path``. Quantised heads are handled as the encoder's Linears (``keep_quantized_with``).
     Raises :class:`LanguageModelHeadNotFoundError` naming both files when neither has a head."""
     from .text_generation import Qwen3VLLanguageModelHead
 
@@ -459,8 +562,9 @@ def load_language_model_head(
         sidecars = dict(iter_tensors(source, list(sidecar_keys.values())))
         sidecars = {role: sidecars[k] for role, k in sidecar_keys.items()}
         ((_, tensor),) = list(iter_tensors(source, [file_key]))
-        weight, scale = _scaled_fp8(file_key, tensor.to(target_device), sidecars, label)
-        state_dict.update(_weight_entries(model, key, weight, scale, dtype, keep_fp8_with))
+        weight, quantized, layer_sidecars = _stored_weight(source, file_key, tensor.to(target_device), sidecars,
+                                                           expected[key], label)
+        state_dict.update(_weight_entries(model, key, weight, quantized, layer_sidecars, dtype, keep_quantized_with))
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.requires_grad_(False)
     return model.eval()

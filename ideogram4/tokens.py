@@ -26,8 +26,6 @@ PAD_TOKEN_ID = 151643  # <|endoftext|>; its embedding is computed for pad rows b
 
 QWEN_SPECIAL_TOKEN_IDS = {"<|endoftext|>": PAD_TOKEN_ID, "<|im_start|>": 151644, "<|im_end|>": 151645}
 
-# Where a ComfyUI host keeps the Qwen2.5 tokenizer files (the same vocabulary as Qwen3-VL's for text).
-COMFYUI_TOKENIZER_SUBDIR = pathlib.Path("comfy") / "text_encoders" / "qwen25_tokenizer"
 TOKENIZER_FOLDER_NAME = "tokenizer"
 
 
@@ -104,20 +102,6 @@ def is_tokenizer_dir(folder: str | os.PathLike | None) -> bool:
     return has_vocabulary and (folder / "tokenizer_config.json").is_file()
 
 
-def comfyui_host_candidates() -> list[pathlib.Path]:
-    """ComfyUI roots to look in, most specific first: ``COMFYUI_PATH``, the host whose ``custom_nodes`` holds
-    this pack, then comfy-cli's default ``~/comfy/ComfyUI``."""
-    candidates = []
-    if os.environ.get("COMFYUI_PATH"):
-        candidates.append(pathlib.Path(os.environ["COMFYUI_PATH"]).expanduser())
-    # <host>/custom_nodes/<pack>/ideogram4/tokens.py -> <host>
-    here = pathlib.Path(__file__).resolve()
-    if len(here.parents) > 3 and here.parents[2].name == "custom_nodes":
-        candidates.append(here.parents[3])
-    candidates.append(pathlib.Path.home() / "comfy" / "ComfyUI")
-    return candidates
-
-
 def _beside_weights_candidates(weights_path: str | os.PathLike) -> list[pathlib.Path]:
     """``tokenizer/`` next to the weights: in the weights folder itself or its parent (HF layout
     ``<repo>/text_encoder/`` + ``<repo>/tokenizer/``)."""
@@ -126,33 +110,21 @@ def _beside_weights_candidates(weights_path: str | os.PathLike) -> list[pathlib.
     return [folder / TOKENIZER_FOLDER_NAME, folder.parent / TOKENIZER_FOLDER_NAME]
 
 
-def find_tokenizer_dir(
-    weights_path: str | os.PathLike | None = None, tokenizer_dir: str | os.PathLike | None = None
-) -> pathlib.Path:
-    """Folder with the Qwen tokenizer data.
-
-    Order: ``tokenizer_dir`` when given (it must then be valid), a ``tokenizer/`` folder beside the weights,
-    then a ComfyUI host's ``comfy/text_encoders/qwen25_tokenizer/`` (see :func:`comfyui_host_candidates`).
-    """
-    if tokenizer_dir is not None:
-        if not is_tokenizer_dir(tokenizer_dir):
-            raise TokenizerNotFoundError(
-                f"The tokenizer folder {tokenizer_dir} lacks tokenizer_config.json plus vocab.json + merges.txt "
-                "(or tokenizer.json). "
-                "Point it at a Qwen2.5/Qwen3-VL tokenizer folder, e.g. ComfyUI's comfy/text_encoders/qwen25_tokenizer."
-            )
-        return pathlib.Path(tokenizer_dir)
-    searched = []
-    if weights_path is not None:
-        searched += _beside_weights_candidates(weights_path)
-    searched += [host / COMFYUI_TOKENIZER_SUBDIR for host in comfyui_host_candidates()]
+def find_tokenizer_dir(weights_path: str | os.PathLike, host_tokenizer_dir: str | os.PathLike | None = None
+                       ) -> pathlib.Path:
+    """Folder with the Qwen tokenizer data: a ``tokenizer/`` folder beside the weights, else
+    ``host_tokenizer_dir`` (inside ComfyUI the nodes pass the running host's bundled Qwen tokenizer; the core
+    never looks for a host on disk)."""
+    searched = _beside_weights_candidates(weights_path)
+    if host_tokenizer_dir is not None:
+        searched.append(pathlib.Path(host_tokenizer_dir))
     for candidate in searched:
         if is_tokenizer_dir(candidate):
             return candidate
     raise TokenizerNotFoundError(
         "No Qwen tokenizer data found. Looked in: " + ", ".join(str(p) for p in searched) + ". Put a "
-        "'tokenizer' folder (tokenizer_config.json, vocab.json, merges.txt) beside the text encoder weights, set "
-        "COMFYUI_PATH to a ComfyUI install, or pass the tokenizer folder explicitly."
+        "'tokenizer' folder (tokenizer_config.json, vocab.json, merges.txt) beside the text encoder weights, for "
+        "example the official release's tokenizer/ folder."
     )
 
 

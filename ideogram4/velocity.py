@@ -33,7 +33,7 @@ def _run(model, packed: PackedSequence, t: float, dtype: torch.dtype | None,
     features = packed.text_features
     if features is not None:
         features = features.to(device=x.device, dtype=dtype)
-    out = model(x.to(dtype), timestep, features, packed.positions, packed.segment_ids, packed.indicators,
+    out = model(x.to(dtype), timestep, features, packed.positions, packed.indicators,
                 packed.attention_mask, transformer_options=transformer_options)
     return out[:, packed.image_slice].to(torch.float32)
 

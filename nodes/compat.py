@@ -1,16 +1,62 @@
-"""Feature detection for the ComfyUI APIs that differ between the supported hosts (0.3.64 .. 0.33).
+"""Feature detection for the ComfyUI APIs that differ between the supported hosts (MIN_COMFYUI_VERSION .. 0.33),
+and what the running host ships that the pack uses (its Qwen tokenizer).
 
 Newer APIs are detected, never inferred from a version string.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
+import logging
+import pathlib
+import types
 
 import comfy.latent_formats
 import comfy.model_patcher
 import comfy.ops
 import torch
+
+from ..ideogram4.constants import PIXELS_PER_TOKEN, TOKEN_CHANNELS
+
+# The oldest ComfyUI the pack supports and is tested on (the V3 node API with everything the nodes use).
+MIN_COMFYUI_VERSION = "0.3.64"
+# The Qwen2.5 tokenizer ComfyUI bundles beside its text-encoder code (the same vocabulary as Qwen3-VL's for text).
+HOST_QWEN_TOKENIZER_FOLDER = "qwen25_tokenizer"
+
+
+def host_qwen_tokenizer_dir() -> pathlib.Path | None:
+    """The running ComfyUI's bundled Qwen tokenizer folder, found from its imported ``comfy.text_encoders`` package
+    (wherever that ComfyUI is installed), or None when this host ships none."""
+    package = importlib.import_module("comfy.text_encoders")  # a namespace package: __path__, no __file__
+    for folder in getattr(package, "__path__", []):
+        candidate = pathlib.Path(folder) / HOST_QWEN_TOKENIZER_FOLDER
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def comfyui_version() -> str | None:
+    """The running ComfyUI's version string (its ``comfyui_version`` module), or None when it has none."""
+    try:
+        return importlib.import_module("comfyui_version").__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def warn_if_older_than_supported() -> bool:
+    """Log a warning when the running ComfyUI is older than :data:`MIN_COMFYUI_VERSION`; True if it is."""
+    version = comfyui_version()
+    if version is None or _version_tuple(version) >= _version_tuple(MIN_COMFYUI_VERSION):
+        return False
+    logging.warning("Ideogram 4 (reference): this ComfyUI is %s; the pack supports %s and newer. Update ComfyUI "
+                    "if a node fails.", version, MIN_COMFYUI_VERSION)
+    return True
 
 
 def patcher_class():
@@ -19,9 +65,26 @@ def patcher_class():
     return getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
 
 
-def new_patcher(model: torch.nn.Module, load_device, offload_device):
-    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free."""
-    return patcher_class()(model, load_device=load_device, offload_device=offload_device)
+@functools.lru_cache(maxsize=None)
+def _patcher_with(mixin: type, base: type) -> type:
+    # One class per (mixin, base): a patcher's clone() builds ``self.__class__``, so clones keep the mixin.
+    return type(f"{mixin.__name__}{base.__name__}", (mixin, base), {})
+
+
+def new_patcher(model: torch.nn.Module, load_device, offload_device, mixin: type | None = None,
+                dynamic: bool = True):
+    """A patcher for ``model`` that ``comfy.model_management.load_models_gpu`` can load, stream and free:
+    :func:`patcher_class` (or the classic ``ModelPatcher`` when ``dynamic`` is False), with ``mixin`` first in its
+    bases when given. The dynamic-VRAM patcher hands CPU models to a plain ``ModelPatcher``; the mixin then goes
+    on that class."""
+    base = patcher_class() if dynamic else comfy.model_patcher.ModelPatcher
+    if mixin is None:
+        return base(model, load_device=load_device, offload_device=offload_device)
+    patcher = _patcher_with(mixin, base)(model, load_device=load_device, offload_device=offload_device)
+    if not isinstance(patcher, mixin):
+        patcher = _patcher_with(mixin, comfy.model_patcher.ModelPatcher)(model, load_device=load_device,
+                                                                         offload_device=offload_device)
+    return patcher
 
 
 def is_dynamic(patcher) -> bool:
@@ -121,8 +184,8 @@ class Ideogram4LatentFormat(comfy.latent_formats.LatentFormat):
     """The pack's LATENT on hosts without ``latent_formats.Flux2``: 128 channels at 1/16 resolution, stored as is
     (no scale or shift: the samples already are Ideogram-normalised tokens). No RGB preview factors."""
 
-    latent_channels = 128
-    spacial_downscale_ratio = 16
+    latent_channels = TOKEN_CHANNELS
+    spacial_downscale_ratio = PIXELS_PER_TOKEN
 
     def process_in(self, latent):
         return latent
@@ -149,3 +212,27 @@ def inference_dtype(base_model) -> torch.dtype:
     if getter is not None:
         return getter()
     return base_model.manual_cast_dtype or base_model.get_dtype()
+
+
+# The ComfyUI release known to read the Comfy-Org int8_convrot / nvfp4 files through comfy.quant_ops.
+COMFY_QUANT_OPS_VERSION = "0.33"
+
+
+def comfy_quant_formats() -> frozenset[str]:
+    """The ``comfy_quant`` formats this host's own quantised layers read (``comfy.quant_ops.QUANT_ALGOS`` with
+    ``comfy.ops.mixed_precision_ops``); empty on hosts without them."""
+    try:
+        import comfy.quant_ops
+    except ImportError:
+        return frozenset()
+    algos = getattr(comfy.quant_ops, "QUANT_ALGOS", None)
+    if algos is None or not hasattr(comfy.ops, "mixed_precision_ops") or not hasattr(comfy.ops, "pick_operations"):
+        return frozenset()
+    return frozenset(algos)
+
+
+def comfy_quantized_operations(compute_dtype: torch.dtype, load_device):
+    """ComfyUI's own mixed-precision layers, set up for ``load_device`` the way ComfyUI sets them up for a native
+    model whose file carries ``comfy_quant`` entries (formats the device cannot compute natively are emulated)."""
+    config = types.SimpleNamespace(quant_config={"mixed_ops": True})
+    return comfy.ops.pick_operations(None, compute_dtype, load_device, model_config=config)

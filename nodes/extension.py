@@ -6,7 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 
 from .caption_node import Caption
 from .caption_route import register_routes
+from .compat import warn_if_older_than_supported
 from .dit_loader import DiTLoader
+from .lora_loader import LoraLoader
 from .noise_latent import EmptyLatent, Noise
 from .prompt_enhancer import PromptEnhancer
 from .sampler_node import Sampler
@@ -17,6 +19,7 @@ from .vae_nodes import VAEDecode, VAELoader
 NODES: list[type[io.ComfyNode]] = [
     Caption,
     DiTLoader,
+    LoraLoader,
     TextEncoderLoader,
     TextEncode,
     PromptEnhancer,
@@ -32,6 +35,7 @@ NODES: list[type[io.ComfyNode]] = [
 
 class Ideogram4Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        warn_if_older_than_supported()
         # Here rather than in on_load, which ComfyUI 0.3.64 does not call.
         register_routes()
         return list(NODES)

@@ -27,7 +27,7 @@ from ..ideogram4.text_encoder_checkpoint import (
     load_language_model_head,
 )
 
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer
+from .quantized_ops import Ideogram4QuantizedOps, make_quantized_layer
 from .settings import CATEGORY, MAX_SEED, MAX_SIZE, raise_problems, size_problems, validation_result
 from .text_encoder_nodes import TEXT_ENCODER_FOLDER, Ideogram4TextEncoder, TextEncoderType
 
@@ -77,8 +77,8 @@ def _head_patcher(text_encoder: Ideogram4TextEncoder, lm_head_name: str):
     try:
         head = load_language_model_head(text_encoder.loaded.layout.path, head_path,
                                         dtype=text_encoder.loaded.encoder.compute_dtype,
-                                        device=patcher.offload_device, operations=Ideogram4Fp8Ops,
-                                        keep_fp8_with=make_fp8_layer)
+                                        device=patcher.offload_device, operations=Ideogram4QuantizedOps,
+                                        keep_quantized_with=make_quantized_layer)
     except LanguageModelHeadNotFoundError as error:
         with_head = _files_with_a_head()
         where = (f"In models/{TEXT_ENCODER_FOLDER} these files carry one: {', '.join(with_head)}; pick one as "

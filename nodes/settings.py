@@ -12,21 +12,23 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..ideogram4.constants import PIXELS_PER_TOKEN
-from ..ideogram4.guidance import GuidanceScheduleError, parse_guidance_schedule
+from ..ideogram4.guidance import GuidanceScheduleError, format_guidance_schedule, parse_guidance_schedule
 from ..ideogram4.limits import MAX_IMAGE_SIDE, size_problem
-from ..ideogram4.presets import V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset
+from ..ideogram4.presets import DEFAULT_PRESET as DEFAULT_SAMPLER_PRESET
+from ..ideogram4.presets import PRESETS as OFFICIAL_PRESETS
+from ..ideogram4.presets import SamplerPreset
 
 CATEGORY = "Ideogram 4"
 CUSTOM = "Custom"
-PRESETS: dict[str, SamplerPreset] = {"Default 20": V4_DEFAULT_20, "Quality 48": V4_QUALITY_48, "Turbo 12": V4_TURBO_12}
+PRESETS: dict[str, SamplerPreset] = {preset.label: preset for preset in OFFICIAL_PRESETS.values()}
 PRESET_NAMES = [*PRESETS, CUSTOM]
-DEFAULT_PRESET = "Default 20"
+DEFAULT_PRESET = DEFAULT_SAMPLER_PRESET.label
 MAX_SIZE = MAX_IMAGE_SIDE
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_STEPS = 500
 MU_RANGE = (-10.0, 10.0)
 STD_RANGE = (0.01, 10.0)
-DEFAULT_GUIDANCE_SCHEDULE = "7x18,3x2"  # the Default 20 preset's list, written out
+DEFAULT_GUIDANCE_SCHEDULE = format_guidance_schedule(DEFAULT_SAMPLER_PRESET.guidance)  # "7x18,3x2"
 
 
 @dataclass(frozen=True)
@@ -166,18 +168,18 @@ def preset_input() -> io.Combo.Input:
 
 
 def steps_input() -> io.Int.Input:
-    return io.Int.Input("steps", default=V4_DEFAULT_20.steps, min=1, max=MAX_STEPS,
+    return io.Int.Input("steps", default=DEFAULT_SAMPLER_PRESET.steps, min=1, max=MAX_STEPS,
                         tooltip="Number of sampling steps. Used only when preset is Custom.")
 
 
 def mu_input() -> io.Float.Input:
-    return io.Float.Input("mu", default=V4_DEFAULT_20.mu, min=MU_RANGE[0], max=MU_RANGE[1], step=0.01,
+    return io.Float.Input("mu", default=DEFAULT_SAMPLER_PRESET.mu, min=MU_RANGE[0], max=MU_RANGE[1], step=0.01,
                           tooltip="Mean of the logit-normal time schedule before the resolution shift. "
                                   "Used only when preset is Custom.")
 
 
 def std_input() -> io.Float.Input:
-    return io.Float.Input("std", default=V4_DEFAULT_20.std, min=STD_RANGE[0], max=STD_RANGE[1], step=0.01,
+    return io.Float.Input("std", default=DEFAULT_SAMPLER_PRESET.std, min=STD_RANGE[0], max=STD_RANGE[1], step=0.01,
                           tooltip="Spread of the logit-normal time schedule. Used only when preset is Custom.")
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 
 import comfy.model_management
-import comfy.model_patcher
-import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
@@ -25,8 +23,15 @@ from ..ideogram4.limits import MAX_IMAGE_SIDE, size_problem
 from ..ideogram4.text_encoder import image_slot_count
 from ..ideogram4.text_encoder_checkpoint import LoadedTextEncoder, load_text_encoder
 
-from .fp8_ops import Ideogram4Fp8Ops, make_fp8_layer
+from . import compat
+from .model_folders import model_file_list, model_file_path
 from .precision import text_encoder_compute_dtype
+from .quantized_ops import (
+    Ideogram4QuantizedOps,
+    QuantizedWeightPatching,
+    comfy_operations_for,
+    make_quantized_layer,
+)
 from .settings import CATEGORY, raise_problems, validation_result
 
 TEXT_ENCODER_FOLDER = "text_encoders"
@@ -42,8 +47,8 @@ class Ideogram4TextEncoder:
 
     def __init__(self, loaded: LoadedTextEncoder, load_device, offload_device):
         self.loaded = loaded
-        self.patcher = comfy.model_patcher.ModelPatcher(loaded.encoder, load_device=load_device,
-                                                        offload_device=offload_device)
+        self.patcher = compat.new_patcher(loaded.encoder, load_device, offload_device,
+                                          mixin=QuantizedWeightPatching, dynamic=False)
 
     def encode(self, prompt: str, image_slots: int = 0) -> torch.Tensor:
         """One prompt -> text features (1, n, hidden*13) float32 on ComfyUI's intermediate device.
@@ -58,14 +63,20 @@ def load_text_encoder_for_comfy(path: str) -> Ideogram4TextEncoder:
     with comfy.ops layers on the offload device; computes in bf16 (official) where the device supports it, or as
     ``--bf16-text-enc`` / ``--fp32-text-enc`` say (:mod:`.precision`).
 
-    Scaled fp8 weights (Comfy-Org qwen3vl_8b_fp8_scaled, the official fp8 release) stay fp8 and are de-quantised
-    per layer when it runs, with the official rule: the same features as de-quantising at load, in half the
-    memory (about 8.2 GB instead of 15.1 GB in RAM and VRAM for the 8B encoder)."""
+    Quantised Linear weights stay quantised and are de-quantised per layer when it runs: scaled fp8 (Comfy-Org
+    qwen3vl_8b_fp8_scaled, the official fp8 release; the official rule, the same features as de-quantising at load
+    in half the memory: about 8.2 GB instead of 15.1 GB for the 8B encoder), nf4 (official ideogram-4-nf4) and
+    GGUF blocks."""
     load_device = comfy.model_management.text_encoder_device()
     offload_device = comfy.model_management.text_encoder_offload_device()
     dtype = text_encoder_compute_dtype(load_device)
-    loaded = load_text_encoder(path, dtype=dtype, device=offload_device, operations=Ideogram4Fp8Ops,
-                               keep_fp8_with=make_fp8_layer)
+    loaded = load_text_encoder(
+        path, dtype=dtype, device=offload_device, operations=Ideogram4QuantizedOps,
+        host_tokenizer_dir=compat.host_qwen_tokenizer_dir(), keep_quantized_with=make_quantized_layer,
+        comfy_operations=lambda formats: comfy_operations_for(
+            "Ideogram 4 Text Encoder Loader", path, formats, dtype, load_device,
+            "qwen3vl_8b_fp8_scaled.safetensors (Comfy-Org), a Qwen3-VL-8B-Instruct GGUF or the official "
+            "ideogram-4-fp8 / ideogram-4-nf4 text_encoder"))
     return Ideogram4TextEncoder(loaded, load_device, offload_device)
 
 
@@ -77,18 +88,18 @@ class TextEncoderLoader(io.ComfyNode):
             display_name="Ideogram 4 Text Encoder Loader (reference)",
             category=CATEGORY,
             description="Loads the Qwen3-VL-8B text encoder of Ideogram 4 (Comfy-Org qwen3vl_8b_fp8_scaled, the "
-                        "official fp8 or a Hugging Face text_encoder folder).",
+                        "official fp8 or nf4, a Qwen3-VL-8B GGUF, or a Hugging Face text_encoder folder).",
             inputs=[
-                io.Combo.Input("text_encoder_name", options=folder_paths.get_filename_list(TEXT_ENCODER_FOLDER),
+                io.Combo.Input("text_encoder_name", options=model_file_list(TEXT_ENCODER_FOLDER),
                                tooltip="The Qwen3-VL text encoder in models/text_encoders, e.g. "
-                                       "qwen3vl_8b_fp8_scaled.safetensors."),
+                                       "qwen3vl_8b_fp8_scaled.safetensors or a Qwen3-VL-8B-Instruct GGUF."),
             ],
             outputs=[TextEncoderType.Output(tooltip="The Ideogram 4 text encoder, for Ideogram 4 Text Encode.")],
         )
 
     @classmethod
     def execute(cls, text_encoder_name: str) -> io.NodeOutput:
-        path = folder_paths.get_full_path_or_raise(TEXT_ENCODER_FOLDER, text_encoder_name)
+        path = model_file_path(TEXT_ENCODER_FOLDER, text_encoder_name)
         return io.NodeOutput(load_text_encoder_for_comfy(path))
 
 

@@ -17,7 +17,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io
 
-from ..ideogram4.constants import PIXELS_PER_TOKEN
+from ..ideogram4.constants import PIXELS_PER_TOKEN, TOKEN_CHANNELS
 from ..ideogram4.latent import comfy_latent_to_tokens, decoded_to_image, image_to_model_input, tokens_to_comfy_latent
 from ..ideogram4.vae import (
     DEFAULT_TILE_OVERLAP,
@@ -53,8 +53,9 @@ class Ideogram4VAE:
                tile_overlap: int = DEFAULT_TILE_OVERLAP) -> torch.Tensor:
         """LATENT samples (B, 128, gh, gw) -> IMAGE (B, 16*gh, 16*gw, 3) float32 (official bytes, see
         :func:`ideogram4.latent.decoded_to_image`). Tile sizes are in the VAE's latent pixels (8 image px)."""
-        if samples.ndim != 4 or samples.shape[1] != 128:
-            raise ValueError(f"Ideogram 4 VAE: expected a LATENT (B, 128, H/16, W/16), got {tuple(samples.shape)}.")
+        if samples.ndim != 4 or samples.shape[1] != TOKEN_CHANNELS:
+            raise ValueError(f"Ideogram 4 VAE: expected a LATENT (B, {TOKEN_CHANNELS}, H/{PIXELS_PER_TOKEN}, "
+                             f"W/{PIXELS_PER_TOKEN}), got {tuple(samples.shape)}.")
         _, _, grid_h, grid_w = samples.shape
         model = self._loaded_model(samples.shape[0] * grid_h * grid_w)
         tokens = comfy_latent_to_tokens(samples.float())

@@ -1,7 +1,7 @@
 """Write the example workflows in workflows/ (ComfyUI UI format, version 0.4, as the frontend saves it).
 
-    python tools/build_workflows.py            # rewrite workflows/*.json
-    python tools/build_workflows.py --check    # exit 1 if a file differs from what this script writes
+    python -m tools.build_workflows            # rewrite workflows/*.json
+    python -m tools.build_workflows --check    # exit 1 if a file differs from what this script writes
 
 One small graph builder keeps the files consistent: the same loaders with the same download hints
 (``properties.models``: the Comfy-Org file names users already have), the same layout, a Note for the artist.
@@ -15,6 +15,12 @@ import pathlib
 import sys
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a file: the imports below need the pack's folder on the module path
+    raise SystemExit(f"run it from the pack's folder as a module: python -m tools.{pathlib.Path(__file__).stem} ...")
+
+from ideogram4.guidance import format_guidance_schedule  # noqa: E402
+from ideogram4.presets import PRESETS as OFFICIAL_PRESETS  # noqa: E402
+
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 PACK_ID = "comfyui-ideogram4-reference"  # the registry id in pyproject.toml (cnr_id)
 PACK_VERSION = "0.1.0"
@@ -26,6 +32,8 @@ VAE_FILE = "flux2-vae.safetensors"
 # The LM head the enhancer needs when the text-encoder file has none (Comfy-Org's has none): the published
 # diffusers/qwen3-vl-8b-instruct-lm-head weights, saved under this name.
 LM_HEAD_FILE = "qwen3-vl-8b-instruct-lm-head.safetensors"
+# A LoRA the user brings (no download hint): the stand-in of the host tests has this name.
+LORA_FILE = "ideogram4_lora.safetensors"
 MODEL_HINTS = {
     DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + DIT_FILE, "diffusion_models"),
     UNCOND_DIT_FILE: ("https://huggingface.co/Comfy-Org/Ideogram-4/resolve/main/diffusion_models/" + UNCOND_DIT_FILE, "diffusion_models"),
@@ -33,12 +41,9 @@ MODEL_HINTS = {
     VAE_FILE: ("https://huggingface.co/Comfy-Org/flux2-dev/resolve/main/split_files/vae/" + VAE_FILE, "vae"),
 }
 
-# Official presets: (combo label, steps, mu, std, guidance schedule text in sampling order).
-PRESETS = {
-    "Default 20": (20, 0.0, 1.75, "7x18,3x2"),
-    "Quality 48": (48, 0.0, 1.5, "7x45,3x3"),
-    "Turbo 12": (12, 0.5, 1.75, "7x11,3x1"),
-}
+# Official presets by the label the nodes show: (steps, mu, std, guidance schedule text in sampling order).
+PRESETS = {preset.label: (preset.steps, preset.mu, preset.std, format_guidance_schedule(preset.guidance))
+           for preset in OFFICIAL_PRESETS.values()}
 
 # Node schemas: inputs in declaration order as (name, type, is_widget), outputs as (name, type).
 # A widget named "seed" carries ComfyUI's extra control_after_generate entry in widgets_values.
@@ -46,6 +51,11 @@ SCHEMAS = {
     "Ideogram4RefDiTLoader": (
         [("cond_model_name", "COMBO", True), ("uncond_model_name", "COMBO", True), ("weight_dtype", "COMBO", True),
          ("compile_blocks", "BOOLEAN", True)],
+        [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
+    ),
+    "Ideogram4RefLoraLoader": (
+        [("cond_model", "MODEL", False), ("uncond_model", "MODEL", False), ("lora_name", "COMBO", True),
+         ("strength_cond", "FLOAT", True), ("strength_uncond", "FLOAT", True)],
         [("cond_model", "MODEL"), ("uncond_model", "MODEL")],
     ),
     "Ideogram4RefTextEncoderLoader": ([("text_encoder_name", "COMBO", True)], [("IDEOGRAM4_TEXT_ENCODER", "IDEOGRAM4_TEXT_ENCODER")]),
@@ -259,15 +269,41 @@ def _wire_sampler(graph, dit, encode, vae, sampler, decode, save):
     graph.link(decode, "IMAGE", save, "images")
 
 
-def one_node_sampler_workflow(preset_name, width, height, prefix):
+def _sampler_decode_save(graph, models, encode, vae, preset_name, width, height, prefix):
+    """The one-node Sampler on ``models``' cond_model / uncond_model outputs, the pack's VAE Decode, Save Image."""
     steps, mu, std, guidance = PRESETS[preset_name]
-    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
     sampler = graph.add("Ideogram4RefSampler", (COL_SAMPLER, ROW_Y), (400, 480),
                         [preset_name, steps, mu, std, guidance, 42, "fixed", width, height, 1, 1.0])
     decode = graph.add("Ideogram4RefVAEDecode", (COL_DECODE, ROW_Y), (300, 110), [False])
     save = graph.add("SaveImage", (COL_SAVE, ROW_Y), (520, 600), [prefix])
-    _wire_sampler(graph, dit, encode, vae, sampler, decode, save)
+    _wire_sampler(graph, models, encode, vae, sampler, decode, save)
     return graph.workflow()
+
+
+def one_node_sampler_workflow(preset_name, width, height, prefix):
+    graph, dit, encode, vae = _graph_with_loaders(_loader_note(preset_name))
+    return _sampler_decode_save(graph, dit, encode, vae, preset_name, width, height, prefix)
+
+
+def lora_workflow():
+    note = (
+        "Ideogram 4 (reference) with a LoRA\n\n"
+        f"Put your Ideogram 4 LoRA in models/loras and pick it on the LoRA Loader (this workflow names {LORA_FILE}). "
+        "Files from diffusers/PEFT, ai-toolkit, kohya-style trainers, SimpleTuner (LoRA, LyCORIS LoKr/LoHa), DoRA "
+        "and full-weight diff files are understood; keys the loader cannot place are listed on the node.\n\n"
+        "strength_cond scales the LoRA on the model that sees the prompt (1 = as trained). strength_uncond is 0: "
+        "LoRAs are trained on that conditional model only; raise it only when the LoRA's notes say it was trained "
+        "for the image-only model too. For several LoRAs, chain LoRA Loaders (cond_model/uncond_model into the "
+        "next one). The LoRA works with every weight_dtype, fp8 included: the weights stay fp8 in memory.\n\n"
+        "Model files: see the loaders (download links are in the workflow)."
+    )
+    graph, dit, encode, vae = _graph_with_loaders(note)
+    # Below Text Encode (room for its report), between the DiT Loader and the Sampler in the data flow.
+    lora = graph.add("Ideogram4RefLoraLoader", (COL_TEXT, ROW_Y + 360 + REPORT_ROOM + TITLE_H + 40), (480, 170),
+                     [LORA_FILE, 1.0, 0.0])
+    graph.link(dit, "cond_model", lora, "cond_model")
+    graph.link(dit, "uncond_model", lora, "uncond_model")
+    return _sampler_decode_save(graph, lora, encode, vae, "Default 20", 1024, 1024, "ideogram4/lora")
 
 
 class _Column:
@@ -431,6 +467,7 @@ def all_workflows() -> dict[str, dict]:
         "ideogram4_native_interop.json": native_interop_workflow(),
         "ideogram4_caption_studio.json": caption_studio_workflow(),
         "ideogram4_enhance_prompt.json": enhance_prompt_workflow(),
+        "ideogram4_lora.json": lora_workflow(),
     }
 
 
@@ -455,7 +492,7 @@ def main(argv=None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"wrote {path}")
     if stale:
-        print(f"out of date (run python tools/build_workflows.py): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (run python -m tools.build_workflows): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

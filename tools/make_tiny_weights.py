@@ -1,6 +1,6 @@
 """Write tiny random Ideogram 4 stand-in models in the real file layouts, under the file names users have.
 
-    python tools/make_tiny_weights.py MODELS_DIR [--seed 0] [--dit-format fp8|bf16]
+    python -m tools.make_tiny_weights MODELS_DIR [--seed 0] [--dit-format fp8|bf16]
 
 writes, under ``MODELS_DIR`` (a ComfyUI ``models`` folder layout):
 
@@ -9,6 +9,7 @@ writes, under ``MODELS_DIR`` (a ComfyUI ``models`` folder layout):
     text_encoders/qwen3vl_8b_fp8_scaled.safetensors                  36-layer Qwen3-VL language model
     text_encoders/qwen3-vl-8b-instruct-lm-head.safetensors           its LM head (for the Prompt Enhancer)
     vae/flux2-vae.safetensors                                        FLUX.2 KL autoencoder
+    loras/ideogram4_lora.safetensors                                 a rank-4 LoRA on every block Linear
 
 Layouts are those of the Comfy-Org repackaged files, so the pack's loaders read them through the same code as
 the real ones:
@@ -36,9 +37,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if __package__ in (None, ""):  # run as a file: the imports below need the pack's folder on the module path
+    raise SystemExit(f"run it from the pack's folder as a module: python -m tools.{pathlib.Path(__file__).stem} ...")
 
 from ideogram4.constants import QWEN3_VL_ACTIVATION_LAYERS  # noqa: E402
 from ideogram4.dit import Ideogram4DiT  # noqa: E402
@@ -52,6 +52,7 @@ UNCOND_DIT_FILE = "diffusion_models/ideogram4_unconditional_fp8_scaled.safetenso
 TEXT_ENCODER_FILE = "text_encoders/qwen3vl_8b_fp8_scaled.safetensors"
 LM_HEAD_FILE = "text_encoders/qwen3-vl-8b-instruct-lm-head.safetensors"
 VAE_FILE = "vae/flux2-vae.safetensors"
+LORA_FILE = "loras/ideogram4_lora.safetensors"
 
 TINY_TEXT_ENCODER_CONFIG = Qwen3VLTextConfig(
     vocab_size=151936, hidden_size=16, intermediate_size=32, num_hidden_layers=36,
@@ -191,9 +192,21 @@ def vae_state_dict(seed: int, config: VAEConfig = TINY_VAE_CONFIG) -> dict[str, 
     return tensors
 
 
+def lora_state_dict(seed: int, config: DiTConfig = TINY_DIT_CONFIG, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA in the raw official layout (``diffusion_model.<block Linear>.lora_A/lora_B``) on every block Linear."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in module_shapes(Ideogram4DiT, config).items():
+        if is_block_linear_weight(name, shape):
+            stem = "diffusion_model." + name[: -len(".weight")]
+            tensors[stem + ".lora_A.weight"] = torch.randn((rank, shape[1]), generator=generator) / shape[1] ** 0.5
+            tensors[stem + ".lora_B.weight"] = 0.1 * torch.randn((shape[0], rank), generator=generator)
+    return tensors
+
+
 def write_tiny_weights(models_dir, seed: int = 0, dit_format: str = "fp8") -> dict[str, pathlib.Path]:
     """Write the stand-in files under ``models_dir``; returns {"dit", "uncond_dit", "text_encoder", "lm_head",
-    "vae"} -> path."""
+    "vae", "lora"} -> path."""
     if dit_format not in ("fp8", "bf16"):
         raise ValueError(f"dit_format must be 'fp8' or 'bf16', got {dit_format!r}")
     models_dir = pathlib.Path(models_dir)
@@ -204,6 +217,7 @@ def write_tiny_weights(models_dir, seed: int = 0, dit_format: str = "fp8") -> di
         "text_encoder": (TEXT_ENCODER_FILE, text_encoder_state_dict(seed + 2)),
         "lm_head": (LM_HEAD_FILE, lm_head_state_dict(seed + 4)),
         "vae": (VAE_FILE, vae_state_dict(seed + 3)),
+        "lora": (LORA_FILE, lora_state_dict(seed + 4)),
     }
     paths = {}
     for role, (relative, tensors) in files.items():

@@ -1,10 +1,10 @@
 """Render the template thumbnails: run every example workflow on a real ComfyUI with the pack, save its image.
 
-    python tools/render_thumbnails.py [--comfyui PATH] [--size 128] [--only NAME.json ...]
+    python -m tools.render_thumbnails [--comfyui PATH] [--size 128] [--only NAME.json ...]
 
 ComfyUI's template browser shows ``workflows/<name>.jpg`` beside ``workflows/<name>.json`` (it asks for
 ``/api/workflow_templates/<pack folder>/<name>.jpg``). Each thumbnail here is the image the workflow produces when it
-runs headless with the tiny stand-in weights (tools/make_tiny_weights.py): real output of the pack's nodes (the
+runs headless with the tiny stand-in weights (tools.make_tiny_weights): real output of the pack's nodes (the
 random weights make it noise), at SIZE x SIZE, written as a small JPEG.
 """
 
@@ -16,12 +16,12 @@ import sys
 import tempfile
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
-sys.path.insert(0, str(REPO_ROOT / "tools"))
+if __package__ in (None, ""):  # run as a file: the imports below need the pack's folder on the module path
+    raise SystemExit(f"run it from the pack's folder as a module: python -m tools.{pathlib.Path(__file__).stem} ...")
 
-from selfcheck import SIZED_NODES, SelfCheckFailed, _host  # noqa: E402
-from server import SINGLE_THREAD_ENV, ComfyServer, execution_error, succeeded  # noqa: E402
-from workflow_api import to_api_prompt  # noqa: E402
+from tools.comfy_server import SINGLE_THREAD_ENV, ComfyServer, execution_error, succeeded  # noqa: E402
+from tools.selfcheck import SIZED_NODES, SelfCheckFailed, _host  # noqa: E402
+from tools.workflow_api import to_api_prompt  # noqa: E402
 
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 THUMBNAIL_PIXELS = 256
@@ -34,7 +34,7 @@ def thumbnail_path(workflow_path: pathlib.Path) -> pathlib.Path:
 def render_thumbnails(comfyui=None, size=128, log=print, names=None) -> list[pathlib.Path]:
     from PIL import Image
 
-    from make_tiny_weights import write_tiny_weights
+    from tools.make_tiny_weights import write_tiny_weights
 
     host, python = _host(comfyui)
     written = []

@@ -1,9 +1,9 @@
 """Self-check: run the text-to-image example workflow headless on a real ComfyUI, with tiny stand-in models.
 
-    python tools/selfcheck.py [--comfyui PATH] [--out selfcheck.png] [--size 64]
+    python -m tools.selfcheck [--comfyui PATH] [--out selfcheck.png] [--size 64]
 
-Writes tiny random weights (tools/make_tiny_weights.py) to a temp folder, starts ComfyUI from PATH (default: the
-host the tests find: COMFYUI_PATH, the ComfyUI this pack is installed in, or ~/comfy/ComfyUI) with this pack
+Writes tiny random weights (tools.make_tiny_weights) to a temp folder, starts ComfyUI from PATH (default: the
+host the tests find: COMFYUI_PATH, else the ComfyUI this pack is installed in) with this pack
 loaded, runs workflows/ideogram4_text_to_image.json at SIZE x SIZE, and writes the resulting PNG to --out.
 The image is noise (the weights are random): the check is that every node of the pack loads and runs in that
 ComfyUI. Exits 0 on success; otherwise prints what failed (with the server log's tail) and exits 1.
@@ -17,12 +17,13 @@ import tempfile
 import time
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "host"))
-sys.path.insert(0, str(REPO_ROOT / "tools"))
+if __package__ in (None, ""):  # run as a file: the imports below need the pack's folder on the module path
+    raise SystemExit(f"run it from the pack's folder as a module: python -m tools.{pathlib.Path(__file__).stem} ...")
 
-import hostfind  # noqa: E402
-from server import SINGLE_THREAD_ENV, ComfyServer, PromptRejected, ServerError, execution_error, succeeded  # noqa: E402
-from workflow_api import WorkflowError, to_api_prompt  # noqa: E402
+from tools import hostfind  # noqa: E402
+from tools.comfy_server import (  # noqa: E402
+    SINGLE_THREAD_ENV, ComfyServer, PromptRejected, ServerError, execution_error, succeeded)
+from tools.workflow_api import WorkflowError, to_api_prompt  # noqa: E402
 
 WORKFLOW = REPO_ROOT / "workflows" / "ideogram4_text_to_image.json"
 SIZED_NODES = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent"}
@@ -46,7 +47,7 @@ def _host(path_arg) -> tuple[pathlib.Path, pathlib.Path]:
 
 def run_selfcheck(comfyui=None, out=pathlib.Path("selfcheck.png"), size=64, log=print) -> pathlib.Path:
     try:
-        from make_tiny_weights import write_tiny_weights
+        from tools.make_tiny_weights import write_tiny_weights
     except Exception as error:  # a broken core is exactly what a self-check must report, not crash on
         raise SelfCheckFailed(f"cannot import the pack's core to write the stand-in models: {error!r}") from None
 
@@ -92,7 +93,7 @@ def run_selfcheck(comfyui=None, out=pathlib.Path("selfcheck.png"), size=64, log=
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run the Ideogram 4 text-to-image workflow headless with tiny models.")
-    parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, the host this pack sits in, ~/comfy/ComfyUI)")
+    parser.add_argument("--comfyui", help="ComfyUI folder (default: COMFYUI_PATH, else the ComfyUI this pack sits in)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("selfcheck.png"), help="where to write the PNG")
     parser.add_argument("--size", type=int, default=64, help="width and height (a multiple of 16)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Browser tests: the pack's web extension in the real ComfyUI frontend, in headless Chromium.
 
-The host is the one the host tests use (``COMFYUI_PATH``, see tests/host/hostfind.py); run the module once per
+The host is the one the host tests use (``COMFYUI_PATH``, see tools/hostfind.py); run the module once per
 host. Chromium is the system browser (Debian's ``chromium`` package, or ``CHROMIUM_PATH``) driven by Playwright from
 PyPI; nothing is downloaded. Without a browser or a host the tests are skipped with a message.
 """

@@ -23,7 +23,7 @@ import types
 
 import pytest
 
-import hostfind
+from tools import hostfind
 
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACK_MODULE_NAME = "ideogram4_reference_pack"
@@ -75,8 +75,8 @@ def _share_core_modules_with_pack(pack_name: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _import_host(host_dir: str) -> types.SimpleNamespace:
-    # The host folder goes first: it has top-level modules (nodes.py, server.py, utils/) whose names this repo
-    # also uses (nodes/, tests/host/server.py); ComfyUI's must win inside ComfyUI's own imports.
+    # The host folder goes first: it has top-level modules (nodes.py, server.py, utils/), and this repo's nodes/
+    # has one of those names; ComfyUI's must win inside ComfyUI's own imports.
     sys.path.insert(0, host_dir)
     for name in ("nodes", "server", "utils"):
         module = sys.modules.get(name)
@@ -94,8 +94,9 @@ def _import_host(host_dir: str) -> types.SimpleNamespace:
     pack = importlib.util.module_from_spec(spec)
     sys.modules[PACK_MODULE_NAME] = pack
     spec.loader.exec_module(pack)
-    for name in ("compat", "dit_loader", "extension", "model_wrapper", "noise_latent", "precision", "progress",
-                 "prompt_enhancer", "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes", "vae_nodes"):
+    for name in ("compat", "dit_loader", "extension", "lora_loader", "model_wrapper", "noise_latent", "precision",
+                 "progress", "prompt_enhancer", "sampler_node", "scheduler_guider", "settings", "text_encoder_nodes",
+                 "vae_nodes"):
         importlib.import_module(f"{PACK_MODULE_NAME}.nodes.{name}")
     return types.SimpleNamespace(path=pathlib.Path(host_dir), pack=pack, nodes=sys.modules[f"{PACK_MODULE_NAME}.nodes"])
 
@@ -128,10 +129,10 @@ def host() -> types.SimpleNamespace:
 
 
 def register_models(models_dir: pathlib.Path) -> None:
-    """Make ComfyUI's model folders (diffusion_models, text_encoders, vae) list the files under ``models_dir``."""
+    """Make ComfyUI's model folders (diffusion_models, text_encoders, vae, loras) list the files under ``models_dir``."""
     import folder_paths
 
-    for folder in ("diffusion_models", "text_encoders", "vae"):
+    for folder in ("diffusion_models", "text_encoders", "vae", "loras"):
         folder_paths.add_model_folder_path(folder, str(models_dir / folder), is_default=True)
 
 

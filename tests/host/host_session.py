@@ -8,21 +8,17 @@ start on two cores, so modules share it across their tests) and converts the exa
 import json
 import pathlib
 import shutil
-import sys
 
 import pytest
 
-import hostfind
-from server import SINGLE_THREAD_ENV, ComfyServer, PromptRejected, execution_error, succeeded
-from workflow_api import nodes_of_type, to_api_prompt
+from tools import hostfind
+from tools.comfy_server import SINGLE_THREAD_ENV, ComfyServer, PromptRejected, execution_error, succeeded
+from tools.workflow_api import nodes_of_type, to_api_prompt
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 WORKFLOW_NAMES = sorted(path.name for path in WORKFLOWS_DIR.glob("*.json"))
 SIZE_INPUTS = {"Ideogram4RefSampler", "Ideogram4RefScheduler", "Ideogram4RefEmptyLatent", "Ideogram4RefPromptEnhancer"}
-
-if str(REPO_ROOT / "tools") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
 
 
 def require_host() -> tuple[pathlib.Path, pathlib.Path]:
@@ -32,17 +28,18 @@ def require_host() -> tuple[pathlib.Path, pathlib.Path]:
         pytest.skip(hostfind.describe_missing_host(), allow_module_level=True)
     python = hostfind.host_python(host)
     if python is None:
-        pytest.skip(f"ComfyUI host {host} has no .venv/bin/python; set COMFYUI_PYTHON to its interpreter",
-                    allow_module_level=True)
+        pytest.skip(hostfind.describe_unusable_host(f"ComfyUI host {host} has no .venv/bin/python; set COMFYUI_PYTHON "
+                                                    "to its interpreter"), allow_module_level=True)
     return host, python
 
 
-def serve(tmp_path_factory, name: str, extra_args=(), prepare_models=None):
+def serve(tmp_path_factory, name: str, extra_args=(), prepare_models=None, layout="extra_model_paths"):
     """Generator for a module-scoped fixture: tiny weights, one started server, stopped (by PID) afterwards.
 
-    ``prepare_models(models_dir, paths)`` may add files (e.g. wrongly placed ones) before the server starts.
+    ``prepare_models(models_dir, paths)`` may add files (e.g. wrongly placed ones) before the server starts;
+    ``layout``: how the pack is installed in the host (:class:`tools.comfy_server.ComfyServer`).
     """
-    from make_tiny_weights import write_tiny_weights  # imports torch and the core: only when a host exists
+    from tools.make_tiny_weights import write_tiny_weights  # imports torch and the core: only when a host exists
 
     host, python = require_host()
     work = tmp_path_factory.mktemp(name)
@@ -50,7 +47,8 @@ def serve(tmp_path_factory, name: str, extra_args=(), prepare_models=None):
     paths = write_tiny_weights(models_dir, seed=0)
     if prepare_models is not None:
         prepare_models(models_dir, paths)
-    server = ComfyServer(host, python, models_dir, extra_args=extra_args, work_dir=work / "server", env=SINGLE_THREAD_ENV)
+    server = ComfyServer(host, python, models_dir, extra_args=extra_args, work_dir=work / "server", env=SINGLE_THREAD_ENV,
+                         layout=layout)
     try:
         server.start()
         yield server

@@ -39,7 +39,8 @@ def test_text_encoder_loads_and_encodes_under_dynamic_vram(host, models, dynamic
     (conditioning,) = comfy_inprocess.run_node(nodes.text_encoder_nodes.TextEncode, text_encoder=encoder,
                                                prompt="a red wall")
     dtype = next(encoder.loaded.encoder.parameters()).dtype
-    oracle = load_text_encoder(models / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=dtype)
+    oracle = load_text_encoder(models / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=dtype,
+                               host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     expected, _ = oracle.encode(["a red wall"])
     assert torch.equal(conditioning[0][0].float(), expected.float())
 

@@ -80,23 +80,30 @@ def streamed_layers(dit) -> tuple[int, int]:
 
 @pytest.mark.parametrize("cond_file, weight_dtype", [(tiny.COND_FILE, "default"), (tiny.COND_FP8_FILE, "default")])
 def test_partial_load_streams_some_layers_and_keeps_the_output_identical(host, models, cond_file, weight_dtype):
-    import comfy.model_management
-
     cond, _ = load_pair(host, cond_file, tiny.UNCOND_FILE if cond_file == tiny.COND_FILE else tiny.UNCOND_FP8_FILE,
                         weight_dtype)
-    dit = cond.model.diffusion_model
-    cpu = torch.device("cpu")
-    cond.load(cpu, lowvram_model_memory=0, full_load=True)
-    fully_loaded = velocity(dit)
-    cond.detach()
-
-    cond.load(cpu, lowvram_model_memory=int(cond.model_size() * 0.4))
-    streamed, resident = streamed_layers(dit)
-    assert cond.model.model_lowvram
+    fully_loaded, partially_loaded, (streamed, resident) = full_and_partial_load(cond, velocity)
     assert streamed > 0 and resident > 0
-    assert torch.equal(velocity(dit), fully_loaded)
-    cond.detach()
+    assert torch.equal(partially_loaded, fully_loaded)
+
+
+def full_and_partial_load(patcher, run, fraction: float = 0.4):
+    """(``run(dit)`` fully loaded, ``run(dit)`` loaded with ``fraction`` of the model's size, (streamed layers,
+    resident layers) of that partial load) for ``patcher``'s DiT on the CPU; detached afterwards."""
+    import comfy.model_management
+
+    dit = patcher.model.diffusion_model
+    cpu = torch.device("cpu")
+    patcher.load(cpu, lowvram_model_memory=0, full_load=True)
+    fully_loaded = run(dit)
+    patcher.detach()
+    patcher.load(cpu, lowvram_model_memory=int(patcher.model_size() * fraction))
+    assert patcher.model.model_lowvram
+    layers = streamed_layers(dit)
+    partially_loaded = run(dit)
+    patcher.detach()
     comfy.model_management.cleanup_models_gc()
+    return fully_loaded, partially_loaded, layers
 
 
 def test_default_keeps_fp8_weights_and_matches_the_one_time_dequantisation(host, models):
@@ -140,7 +147,8 @@ def test_text_encoder_keeps_fp8_weights_and_gives_the_features_of_the_one_time_d
     assert q_proj.weight.dtype == torch.float8_e4m3fn and q_proj.weight_scale.dtype == torch.float32
     assert encoder.loaded.encoder.embed_tokens.weight.dtype == torch.float32  # stored bf16: cast, not quantised
     path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
-    dequantised_at_load = load_text_encoder(path, dtype=torch.float32)
+    dequantised_at_load = load_text_encoder(path, dtype=torch.float32,
+                                            host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     assert dequantised_at_load.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.float32
     assert torch.equal(encoder.encode(PROMPT), dequantised_at_load.encode([PROMPT])[0])
 
@@ -148,12 +156,14 @@ def test_text_encoder_keeps_fp8_weights_and_gives_the_features_of_the_one_time_d
 def test_text_encoder_fp8_layers_in_bf16_match_the_official_dequantisation_bit_for_bit(host, models):
     from ideogram4.text_encoder_checkpoint import load_text_encoder
 
-    fp8_ops = host.nodes.fp8_ops
+    fp8_ops = host.nodes.quantized_ops
     path = models / "text_encoders" / TEXT_ENCODER_FP8_FILE
-    kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4Fp8Ops,
-                             keep_fp8_with=fp8_ops.make_fp8_layer)
+    kept = load_text_encoder(path, dtype=torch.bfloat16, operations=fp8_ops.Ideogram4QuantizedOps,
+                             keep_quantized_with=fp8_ops.make_quantized_layer,
+                             host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     assert kept.encoder.layers[35].mlp.down_proj.weight.dtype == torch.float8_e4m3fn
-    dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16)
+    dequantised_at_load = load_text_encoder(path, dtype=torch.bfloat16,
+                                            host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     assert torch.equal(kept.encode([PROMPT])[0], dequantised_at_load.encode([PROMPT])[0])
 
 

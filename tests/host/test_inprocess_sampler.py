@@ -30,7 +30,7 @@ def prompt():
 
 
 @pytest.fixture(scope="module")
-def core_models(models):
+def core_models(host, models):
     """The oracle: plain-torch core modules (no comfy ops) from the same files, and the prompt's features."""
     from ideogram4.dit import Ideogram4DiT
     from ideogram4.dit_checkpoint import load_dit_checkpoint
@@ -42,7 +42,8 @@ def core_models(models):
         dit = Ideogram4DiT(checkpoint.config)
         dit.load_state_dict(checkpoint.state_dict, strict=True)
         dits.append(dit.eval())
-    encoder = load_text_encoder(models / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=torch.float32)
+    encoder = load_text_encoder(models / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=torch.float32,
+                                host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     features, _ = encoder.encode([PROMPT])
     return dits[0], dits[1], features
 

@@ -21,6 +21,9 @@ CONTRACT = {
     "Ideogram4RefDiTLoader": ("Ideogram 4 DiT Loader (reference)",
                               ["cond_model_name", "uncond_model_name", "weight_dtype", "compile_blocks"],
                               ["MODEL", "MODEL"]),
+    "Ideogram4RefLoraLoader": ("Ideogram 4 LoRA Loader (reference)",
+                               ["cond_model", "uncond_model", "lora_name", "strength_cond", "strength_uncond"],
+                               ["MODEL", "MODEL"]),
     "Ideogram4RefTextEncoderLoader": ("Ideogram 4 Text Encoder Loader (reference)", ["text_encoder_name"],
                                       ["IDEOGRAM4_TEXT_ENCODER"]),
     "Ideogram4RefTextEncode": ("Ideogram 4 Text Encode (reference)",
@@ -140,7 +143,8 @@ def test_text_encode_official_size_equals_core_encode_with_image_slots(host, tmp
                                           text_encoder_name=tiny.TEXT_ENCODER_FILE)
     prompt = "a cat holding a sign that says hello"
     node_dtype = next(encoder.loaded.encoder.parameters()).dtype
-    core = load_text_encoder(models_dir / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=node_dtype)
+    core = load_text_encoder(models_dir / "text_encoders" / tiny.TEXT_ENCODER_FILE, dtype=node_dtype,
+                             host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     slots = image_slot_count(96, 64)
     expected, _ = core.encode([prompt], image_slots=slots)
     text_alone, _ = core.encode([prompt])

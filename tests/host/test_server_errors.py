@@ -16,7 +16,7 @@ import pickle
 import pytest
 
 from host_session import copy_into, node_error_message, run_ok, serve, the_node, workflow_prompt
-from server import PromptRejected
+from tools.comfy_server import PromptRejected
 
 pytestmark = pytest.mark.host
 

@@ -7,7 +7,7 @@ The server runs with ``--preview-method latent2rgb``: newer hosts throttle plain
 import pytest
 
 from host_session import run_ok, serve, the_node, workflow_prompt
-from server import execution_error
+from tools.comfy_server import execution_error
 
 pytestmark = pytest.mark.host
 

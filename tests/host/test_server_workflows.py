@@ -19,9 +19,8 @@ from host_session import (
     the_node,
     workflow_prompt,
 )
-from workflow_api import validate_workflow
-
-import build_workflows
+from tools import build_workflows
+from tools.workflow_api import validate_workflow
 
 pytestmark = pytest.mark.host
 
@@ -29,10 +28,11 @@ PACK_NODES = {
     "Ideogram4RefDiTLoader", "Ideogram4RefTextEncoderLoader", "Ideogram4RefTextEncode", "Ideogram4RefSampler",
     "Ideogram4RefScheduler", "Ideogram4RefGuider", "Ideogram4RefNoise", "Ideogram4RefEmptyLatent",
     "Ideogram4RefVAELoader", "Ideogram4RefVAEDecode", "Ideogram4RefCaption", "Ideogram4RefPromptEnhancer",
+    "Ideogram4RefLoraLoader",
 }
 EXPECTED_WORKFLOWS = ["ideogram4_caption_studio.json", "ideogram4_enhance_prompt.json", "ideogram4_inpaint.json",
-                      "ideogram4_native_interop.json",
-                      "ideogram4_quality.json", "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
+                      "ideogram4_lora.json", "ideogram4_native_interop.json", "ideogram4_quality.json",
+                      "ideogram4_text_to_image.json", "ideogram4_turbo.json"]
 # Small sizes keep the tiny models fast; the 2048 preset is run at 128 to keep its aspect of "bigger".
 RUN_SIZES = {"ideogram4_quality.json": (128, 128)}
 # The random tiny text encoder writes noise until the budget closes the caption: a small budget keeps it quick.

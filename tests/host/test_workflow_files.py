@@ -9,9 +9,9 @@ import json
 import pytest
 
 from host_session import WORKFLOWS_DIR, load_workflow
-from workflow_api import WorkflowError, to_api_prompt, validate_workflow, widget_slots
+from tools.workflow_api import WorkflowError, to_api_prompt, validate_workflow, widget_slots
 
-import build_workflows
+from tools import build_workflows
 from ideogram4.caption import validate_caption
 
 DOWNLOAD_HINTS = {
@@ -34,6 +34,7 @@ PRESET_OF_FILE = {
     "ideogram4_turbo.json": ("Turbo 12", 12, 1024),
     "ideogram4_native_interop.json": ("Default 20", 20, 1024),
     "ideogram4_enhance_prompt.json": ("Default 20", 20, 1024),
+    "ideogram4_lora.json": ("Default 20", 20, 1024),
 }
 ENHANCE_WORKFLOW = "ideogram4_enhance_prompt.json"
 # Workflows whose Text Encode prompt is written in the file (the enhance workflow's comes from the enhancer).
@@ -60,7 +61,7 @@ def _object_info_from_build_schemas() -> dict:
 def test_workflow_files_are_what_the_generator_writes():
     for name, workflow in build_workflows.all_workflows().items():
         on_disk = (WORKFLOWS_DIR / name).read_text(encoding="utf-8")
-        assert on_disk == build_workflows.render(workflow), f"{name} is stale: run python tools/build_workflows.py"
+        assert on_disk == build_workflows.render(workflow), f"{name} is stale: run python -m tools.build_workflows"
 
 
 @pytest.mark.parametrize("name", sorted(PRESET_OF_FILE))

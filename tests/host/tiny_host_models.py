@@ -61,9 +61,11 @@ def vae_state_dict(seed: int = 21) -> dict[str, torch.Tensor]:
 
 
 def write_models(models_dir: pathlib.Path) -> pathlib.Path:
-    """Write every tiny model under ``models_dir/{diffusion_models,text_encoders,vae}``; returns ``models_dir``."""
-    dit_dir, te_dir, vae_dir = (models_dir / name for name in ("diffusion_models", "text_encoders", "vae"))
-    for folder in (dit_dir, te_dir, vae_dir):
+    """Write every tiny model under ``models_dir/{diffusion_models,text_encoders,vae}`` and an empty ``loras``
+    folder (tests put their LoRA files there); returns ``models_dir``."""
+    dit_dir, te_dir, vae_dir, lora_dir = (models_dir / name for name in ("diffusion_models", "text_encoders", "vae",
+                                                                          "loras"))
+    for folder in (dit_dir, te_dir, vae_dir, lora_dir):
         folder.mkdir(parents=True, exist_ok=True)
     cond, uncond = dit_state_dict(seed=1), dit_state_dict(seed=2)
     save_file(cond, str(dit_dir / COND_FILE))

@@ -305,7 +305,7 @@ def test_keep_fp8_gives_per_row_scales_that_reproduce_the_default(name, cases, t
     state, _, _ = cases[name]
     path = _save(state, tmp_path / "m.safetensors")
     default = load_dit_checkpoint(path).state_dict
-    kept = load_dit_checkpoint(path, keep_fp8=True).state_dict
+    kept = load_dit_checkpoint(path, keep_quantized=True).state_dict
     for key, value in default.items():
         layer = key[: -len(".weight")]
         if layer + ".weight_scale" not in kept:
@@ -326,7 +326,7 @@ def test_keep_fp8_concatenates_different_per_tensor_scales_of_split_qkv(referenc
     state = _comfy_fp8(official_to_diffusers_state_dict(reference))
     path = _save(state, tmp_path / "m.safetensors")
     default = load_dit_checkpoint(path)
-    kept = load_dit_checkpoint(path, keep_fp8=True).state_dict
+    kept = load_dit_checkpoint(path, keep_quantized=True).state_dict
     assert default.layout == "diffusers-fp8-scaled"
     scale = kept["layers.0.attention.qkv.weight_scale"]
     assert len(torch.unique(scale)) == 3
@@ -579,23 +579,37 @@ def test_pickle_paths_are_refused(suffix, tmp_path):
     _assert_names_file_and_layouts(str(info.value), path)
 
 
-def test_nf4_checkpoint_is_refused(reference, tmp_path):
+def test_incomplete_nf4_weight_is_refused(reference, tmp_path):
     state = dict(reference)
     state["layers.0.attention.qkv.weight.absmax"] = torch.ones(4)
     state["layers.0.attention.qkv.weight.quant_state.bitsandbytes__nf4"] = torch.zeros(4, dtype=torch.uint8)
     path = _save(state, tmp_path / "m.safetensors")
-    with pytest.raises(CheckpointError, match="bitsandbytes NF4") as info:
+    with pytest.raises(CheckpointError, match="bitsandbytes weight 'layers.0.attention.qkv.weight' lacks its "
+                                              "quant_map") as info:
         load_dit_checkpoint(path)
     _assert_names_file_and_layouts(str(info.value), path)
 
 
 def test_unsupported_comfy_quant_format_is_named(cases, tmp_path):
     state = dict(cases["comfy-fp8-bare"][0])
-    state["layers.0.attention.o.comfy_quant"] = _comfy_quant_bytes({"format": "nvfp4"})
-    path = _save(state, tmp_path / "ideogram4_nvfp4_mixed.safetensors")
-    with pytest.raises(CheckpointError, match="'layers.0.attention.o'.*'nvfp4'") as info:
+    state["layers.0.attention.o.comfy_quant"] = _comfy_quant_bytes({"format": "convrot_w4a4"})
+    path = _save(state, tmp_path / "ideogram4_w4a4.safetensors")
+    with pytest.raises(CheckpointError, match="'layers.0.attention.o'.*'convrot_w4a4', which this pack does not "
+                                              "read") as info:
         load_dit_checkpoint(path)
     _assert_names_file_and_layouts(str(info.value), path)
+
+
+def test_comfy_fp8_weights_stored_as_bytes_load_like_fp8(cases, tmp_path):
+    """Older ComfyUI files keep the fp8 weights of comfy_quant layers as uint8 bytes; the DiT reads them as the text
+    encoder always has (one sidecar reader for both)."""
+    state = dict(cases["comfy-fp8-bare"][0])
+    as_bytes = {key: value.view(torch.uint8) if value.dtype == torch.float8_e4m3fn else value
+                for key, value in state.items()}
+    expected = load_dit_checkpoint(_save(state, tmp_path / "fp8.safetensors"), dtype=torch.float32).state_dict
+    loaded = load_dit_checkpoint(_save(as_bytes, tmp_path / "bytes.safetensors"), dtype=torch.float32).state_dict
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
 
 
 def test_check_dit_pair_refuses_the_same_file_twice_from_the_headers(reference, tmp_path):

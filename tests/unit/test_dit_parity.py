@@ -28,6 +28,7 @@ from tiny_dit import (
     tiny_dit_config,
 )
 
+from ideogram4.constants import SEQUENCE_PADDING_INDICATOR
 from ideogram4.dit import Ideogram4DiT
 from ideogram4.dit_config import DiTConfig
 from ideogram4.packing import pack_conditional, pack_unconditional
@@ -56,8 +57,13 @@ def oracle(weights):
 def run(dit, packed, t, dtype=torch.float32):
     features = None if packed.text_features is None else packed.text_features.to(dtype)
     with torch.no_grad():
-        return dit(packed.x.to(dtype), t, features, packed.positions, packed.segment_ids, packed.indicators,
+        return dit(packed.x.to(dtype), t, features, packed.positions, packed.indicators,
                    packed.attention_mask)
+
+
+def official_segment_ids(packed):
+    """The official model's segment ids, which diffusers takes: padding rows (indicator 0) -1, the rest 1."""
+    return torch.where(packed.indicators == 0, SEQUENCE_PADDING_INDICATOR, 1)
 
 
 def run_oracle(oracle, packed, t):
@@ -68,7 +74,7 @@ def run_oracle(oracle, packed, t):
         features[:, : packed.text_features.shape[1]] = packed.text_features
     with torch.no_grad():
         return oracle(hidden_states=packed.x, timestep=t, encoder_hidden_states=features,
-                      position_ids=packed.positions, segment_ids=packed.segment_ids,
+                      position_ids=packed.positions, segment_ids=official_segment_ids(packed),
                       indicator=packed.indicators).sample
 
 
@@ -154,7 +160,7 @@ def test_full_length_text_features_equal_the_text_region(model):
     full[:, :4] = packed.text_features
     t = torch.tensor([0.7])
     with torch.no_grad():
-        official = model(packed.x, t, full, packed.positions, packed.segment_ids, packed.indicators)
+        official = model(packed.x, t, full, packed.positions, packed.indicators)
     assert max_abs_diff(run(model, packed, t), official) <= 1e-6
 
 
@@ -270,5 +276,5 @@ def test_model_works_for_other_sizes():
     with torch.no_grad():
         reference = build_diffusers_oracle(config, weights)(
             hidden_states=packed.x, timestep=t, encoder_hidden_states=features, position_ids=packed.positions,
-            segment_ids=packed.segment_ids, indicator=packed.indicators).sample
+            segment_ids=official_segment_ids(packed), indicator=packed.indicators).sample
     assert max_abs_diff(run(dit, packed, t), reference) <= 1e-5

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ideogram4.guidance import GuidanceScheduleError, parse_guidance_schedule
-from ideogram4.presets import PRESETS, V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset, loop_index_order
+from ideogram4.guidance import GuidanceScheduleError, format_guidance_schedule, parse_guidance_schedule
+from ideogram4.presets import PRESETS, V4_DEFAULT_20, V4_QUALITY_48, V4_TURBO_12, SamplerPreset
 
 # As written in the official sampler_configs.py (loop-index order: index 0 = last step), spec §D.4/D.5.
 OFFICIAL_LOOP_INDEX_GUIDANCE = {
@@ -21,8 +21,8 @@ OFFICIAL_LOOP_INDEX_GUIDANCE = {
 def test_presets_match_spec_in_sampling_order(preset, steps, mu, std, main, polish):
     assert (preset.steps, preset.mu, preset.std) == (steps, mu, std)
     assert preset.guidance == (7.0,) * main + (3.0,) * polish  # first step first
-    assert preset.official_guidance_schedule == OFFICIAL_LOOP_INDEX_GUIDANCE[preset.name]
-    assert loop_index_order(OFFICIAL_LOOP_INDEX_GUIDANCE[preset.name]) == preset.guidance
+    # The official loop runs i = steps-1 .. 0: its index 0 is our last step.
+    assert tuple(reversed(OFFICIAL_LOOP_INDEX_GUIDANCE[preset.name])) == preset.guidance
     assert PRESETS[preset.name] is preset
 
 
@@ -32,7 +32,7 @@ def test_presets_registry_holds_exactly_the_official_presets():
 
 def test_preset_rejects_guidance_of_wrong_length():
     with pytest.raises(ValueError, match="guidance has 2 entries, expected one per step"):
-        SamplerPreset("bad", steps=3, mu=0.0, std=1.0, guidance=(7.0, 3.0))
+        SamplerPreset("bad", "Bad", steps=3, mu=0.0, std=1.0, guidance=(7.0, 3.0))
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,15 @@ def test_parser_rejects_with_expected_forms_in_message(text, steps, problem):
 def test_parser_rejects_bad_step_count(steps):
     with pytest.raises(GuidanceScheduleError, match="steps must be an integer >= 1"):
         parse_guidance_schedule("7", steps)
+
+
+@pytest.mark.parametrize("guidance, text", [
+    (V4_QUALITY_48.guidance, "7x45,3x3"),
+    (V4_TURBO_12.guidance, "7x11,3x1"),
+    ((4.5, 4.5, 7.0, 0.0), "4.5x2,7x1,0x1"),
+    ((7.0, 3.0, 7.0), "7x1,3x1,7x1"),
+    ((0.1, 0.1), "0.1x2"),
+])
+def test_formatted_schedule_reads_back_as_the_same_list(guidance, text):
+    assert format_guidance_schedule(guidance) == text
+    assert parse_guidance_schedule(text, len(guidance)) == list(guidance)

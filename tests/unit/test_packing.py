@@ -43,7 +43,6 @@ def test_single_prompt_layout_has_no_padding_and_no_mask():
         [OFF, OFF, OFF], [OFF, OFF, OFF + 1], [OFF, OFF, OFF + 2],
         [OFF, OFF + 1, OFF], [OFF, OFF + 1, OFF + 1], [OFF, OFF + 1, OFF + 2]]
     assert packed.indicators[0].tolist() == [3, 3, 3, 2, 2, 2, 2, 2, 2]
-    assert packed.segment_ids[0].tolist() == [1] * 9
     assert torch.equal(packed.x[:, 3:], latent) and not packed.x[:, :3].any()
     assert packed.text_features.data_ptr() == features.data_ptr()  # used in place, no copy
 
@@ -54,8 +53,8 @@ def test_prompts_of_different_lengths_are_left_padded_with_a_segment_mask():
     packed = pack_conditional(latent, features, [2, 4], 1, 2)
     positions, segments, indicators = official_layout([2, 4], 1, 2)
     assert torch.equal(packed.positions, positions)
-    assert torch.equal(packed.segment_ids, segments)
     assert torch.equal(packed.indicators, indicators)
+    assert torch.equal(packed.attention_mask[:, 0], segments[:, :, None] == segments[:, None, :])
     assert packed.image_slice == slice(4, 6)
     # Already in the official layout: passed on as is (rows 0-1 of sample 0 are masked out by the DiT).
     assert packed.text_features.data_ptr() == features.data_ptr() and torch.equal(packed.text_features, features)
@@ -72,7 +71,6 @@ def test_layout_matches_the_official_loop_for_a_batch_of_three():
     packed = pack_conditional(torch.randn(3, 12, 8), torch.randn(3, 6, 5), lengths, 3, 4)
     positions, segments, indicators = official_layout(lengths, 3, 4)
     assert torch.equal(packed.positions, positions)
-    assert torch.equal(packed.segment_ids, segments)
     assert torch.equal(packed.indicators, indicators)
     expected_mask = segments[:, :, None] == segments[:, None, :]
     assert torch.equal(packed.attention_mask[:, 0], expected_mask)
@@ -93,7 +91,7 @@ def test_unconditional_is_the_image_block_of_the_conditional_layout():
     unconditional = pack_unconditional(latent, 2, 3)
     image = conditional.image_slice
     assert torch.equal(unconditional.positions, conditional.positions[:, image])
-    assert torch.equal(unconditional.segment_ids, conditional.segment_ids[:, image])
+    assert conditional.attention_mask[:, :, image, image].all()  # image rows see every image row: no mask needed
     assert torch.equal(unconditional.indicators, conditional.indicators[:, image])
     assert torch.equal(unconditional.x, latent)
     assert unconditional.text_features is None and unconditional.attention_mask is None
@@ -121,14 +119,14 @@ def test_velocities_are_the_image_rows_of_the_model_output(model):
     features = torch.randn(1, 5, TINY_CONFIG.llm_features_dim)
     t = 0.4375
     packed = pack_conditional(z, features, None, grid_h, grid_w)
-    expected = model(packed.x, torch.tensor([t]), packed.text_features, packed.positions, packed.segment_ids,
+    expected = model(packed.x, torch.tensor([t]), packed.text_features, packed.positions,
                      packed.indicators, packed.attention_mask)[:, packed.image_slice]
     velocity = conditional_velocity(model, z, t, features, None, grid_h, grid_w)
     assert velocity.dtype == torch.float32 and velocity.shape == z.shape
     assert torch.equal(velocity, expected)
 
     packed = pack_unconditional(z, grid_h, grid_w)
-    expected = model(packed.x, torch.tensor([t]), None, packed.positions, packed.segment_ids, packed.indicators)
+    expected = model(packed.x, torch.tensor([t]), None, packed.positions, packed.indicators)
     assert torch.equal(unconditional_velocity(model, z, t, grid_h, grid_w), expected)
 
 

@@ -62,7 +62,8 @@ def test_preset_run_equals_official_loop_with_official_guidance_order():
     noise = make_noise(1, 3, seed=7, device="cpu", channels=8)
     times = logit_normal_schedule(preset.steps, preset.mu, preset.std, 512, 512)
     result = sample(cond_velocity, uncond_velocity, times, preset.guidance, noise)
-    expected = official_loop(noise, preset.steps, preset.mu, preset.std, 512, 512, preset.official_guidance_schedule)
+    # The official loop reads its guidance list by loop index (i = steps-1 .. 0): ours reversed.
+    expected = official_loop(noise, preset.steps, preset.mu, preset.std, 512, 512, tuple(reversed(preset.guidance)))
     assert torch.equal(result, expected)
 
 

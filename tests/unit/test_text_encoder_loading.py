@@ -257,17 +257,16 @@ def test_comfy_single_fp8_file_equals_model_from_dequantised_weights(full_state,
     assert_only_language_model_layers_read(materialised, text_prefix)
 
 
-def keep_fp8_linear(linear: torch.nn.Linear, row_scale: torch.Tensor) -> None:
-    """A core-only stand-in for the nodes' fp8 layer maker: the Linear holds an fp8 weight and a per-row scale
-    and de-quantises per call with the official rule."""
-    from ideogram4.quantization import dequantize_fp8_rowwise
-
-    linear.weight = torch.nn.Parameter(torch.empty(linear.weight.shape, dtype=torch.float8_e4m3fn,
-                                                   device=linear.weight.device), requires_grad=False)
-    linear.weight_scale = torch.nn.Parameter(row_scale.clone(), requires_grad=False)
+def keep_quantized_linear(linear: torch.nn.Linear, quantized, stored: torch.Tensor, sidecars: dict) -> None:
+    """A core-only stand-in for the nodes' quantised-layer maker: the Linear holds the stored weight and its
+    sidecars and de-quantises per call."""
+    linear.weight = torch.nn.Parameter(torch.empty(stored.shape, dtype=stored.dtype, device=linear.weight.device),
+                                       requires_grad=False)
+    for name, value in sidecars.items():
+        setattr(linear, name, torch.nn.Parameter(value.clone(), requires_grad=False))
 
     def forward(x):
-        weight = dequantize_fp8_rowwise(linear.weight, linear.weight_scale, x.dtype)
+        weight = quantized.dequantize(linear.weight, {name: getattr(linear, name) for name in sidecars}, x.dtype)
         return torch.nn.functional.linear(x, weight, linear.bias)
 
     linear.forward = forward
@@ -284,7 +283,7 @@ def test_fp8_weights_kept_in_fp8_give_the_features_of_the_one_time_dequantisatio
         path = tmp_path / "text_encoder"
         write_official_fp8_folder(full_state, hf_model, path)
 
-    kept, _ = load_text_encoder_model(path, dtype=dtype, keep_fp8_with=keep_fp8_linear)
+    kept, _ = load_text_encoder_model(path, dtype=dtype, keep_quantized_with=keep_quantized_linear)
     dequantised, _ = load_text_encoder_model(path, dtype=dtype)
 
     q_proj = kept.layers[1].self_attn.q_proj
@@ -297,15 +296,21 @@ def test_fp8_weights_kept_in_fp8_give_the_features_of_the_one_time_dequantisatio
     assert torch.equal(features_of(kept), features_of(dequantised))
 
 
-def test_a_comfy_quant_format_other_than_fp8_is_refused(full_state, tmp_path):
-    path = tmp_path / "qwen3vl_8b_nvfp4.safetensors"
+@pytest.mark.parametrize("quant_format, message", [
+    ("convrot_w4a4", r"layers\.3\.self_attn\.q_proj.*'convrot_w4a4', which this pack does not de-quantise"),
+    # nvfp4 only through ComfyUI's own quantised layers: the core alone refuses it.
+    ("nvfp4", r"qwen3vl_8b_other\.safetensors: stored in ComfyUI's nvfp4 format, which only ComfyUI's own quantised "
+              r"layers read.*qwen3vl_8b_fp8_scaled"),
+])
+def test_a_comfy_quant_format_other_than_fp8_is_refused(full_state, tmp_path, quant_format, message):
+    path = tmp_path / "qwen3vl_8b_other.safetensors"
     write_comfy_fp8_file(full_state, path, "model.")
     from safetensors.torch import load_file
 
     tensors = load_file(path)
-    tensors["model.layers.3.self_attn.q_proj.comfy_quant"] = comfy_quant_entry("nvfp4")
+    tensors["model.layers.3.self_attn.q_proj.comfy_quant"] = comfy_quant_entry(quant_format)
     save_file(tensors, path)
-    with pytest.raises(CheckpointError, match=r"layers\.3\.self_attn\.q_proj.*'nvfp4'"):
+    with pytest.raises(CheckpointError, match=message):
         load_text_encoder_model(path)
 
 
@@ -396,9 +401,8 @@ def test_inspection_reads_no_tensor_data(hf_model, tmp_path, read_keys):
 
 
 def test_load_text_encoder_from_a_repository_root_finds_the_tokenizer_beside_it(
-    hf_model, language_model_state, tmp_path, qwen_tokenizer_dir, monkeypatch
+    hf_model, language_model_state, tmp_path, qwen_tokenizer_dir
 ):
-    monkeypatch.delenv("COMFYUI_PATH", raising=False)
     hf_model.save_pretrained(tmp_path / "repo" / "text_encoder")
     shutil.copytree(qwen_tokenizer_dir, tmp_path / "repo" / "tokenizer")
 
@@ -414,3 +418,88 @@ def test_load_text_encoder_from_a_repository_root_finds_the_tokenizer_beside_it(
     with torch.no_grad():
         expected = reference(torch.tensor([ids]))
     assert torch.equal(features, expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GGUF (llama.cpp naming) and bitsandbytes nf4
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_gguf_text_encoder(language_model_state, path, architecture="qwen3vl"):
+    """The language model as llama.cpp writes it: Linear weights and token_embd Q8_0, norms F32, with the LM
+    head; the vision tower absent."""
+    from tools.quantized_weights import llama_cpp_text_encoder_names, write_gguf
+
+    tensors = {llama_cpp_text_encoder_names(key): value for key, value in language_model_state.items()}
+    tensors["output.weight"] = language_model_state["embed_tokens.weight"]
+    return write_gguf(path, tensors, lambda name, t: "Q8_0" if t.ndim == 2 else "F32", architecture)
+
+
+def gguf_dequantised_state(path) -> dict:
+    """The oracle: every tensor de-quantised by gguf's own numpy code, back in the pack's names."""
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from ideogram4.text_encoder_checkpoint import hf_name_from_llama_cpp
+
+    reader = gguf.GGUFReader(str(path))
+    return {hf_name_from_llama_cpp(t.name): torch.from_numpy(
+        gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).copy()).reshape(
+        [int(d) for d in reversed(t.shape.tolist())]) for t in reader.tensors if t.name != "output.weight"}
+
+
+def test_gguf_text_encoder_gives_the_features_of_the_gguf_dequantised_weights(language_model_state, tmp_path):
+    pytest.importorskip("gguf")
+    path = tmp_path / "Qwen3-VL-8B-Instruct-Q8_0.gguf"
+    types = write_gguf_text_encoder(language_model_state, path)
+    assert types["blk.0.attn_q.weight"] == "Q8_0" and types["token_embd.weight"] == "Q8_0"
+    layout = inspect_text_encoder_checkpoint(path)
+    assert layout.quantization == "gguf" and layout.prefix == ""
+    expected = reference_features(gguf_dequantised_state(path))
+    loaded, _ = load_text_encoder_model(path, dtype=torch.float32)
+    assert torch.equal(features_of(loaded), expected)
+    kept, _ = load_text_encoder_model(path, dtype=torch.float32, keep_quantized_with=keep_quantized_linear)
+    q_proj = kept.layers[3].self_attn.q_proj
+    assert q_proj.weight.dtype == torch.uint8 and kept.embed_tokens.weight.dtype == torch.float32
+    assert torch.equal(features_of(kept), expected)
+
+
+def test_gguf_of_another_language_model_is_refused_naming_what_it_is(language_model_state, tmp_path):
+    pytest.importorskip("gguf")
+    path = tmp_path / "Qwen3-8B-Q8_0.gguf"
+    write_gguf_text_encoder(language_model_state, path, architecture="qwen3")
+    with pytest.raises(CheckpointError, match=r"Qwen3-8B-Q8_0\.gguf: a GGUF language model of architecture 'qwen3'.*"
+                                              r"Qwen3-VL-8B-Instruct GGUF"):
+        load_text_encoder_model(path)
+
+
+def test_nf4_text_encoder_gives_the_features_of_the_nf4_table(full_state, language_model_state, tmp_path):
+    from tools.quantized_weights import store_nf4
+
+    path = tmp_path / "text_encoder_nf4.safetensors"
+    stored = store_nf4(full_state, lambda key, value: key.startswith(HF_PREFIX) and is_linear_weight(key, value))
+    save_file(stored, str(path))
+    # The oracle: the published NF4 table by hand, code[nibble] * absmax[block of 64].
+    expected_state = dict(language_model_state)
+    for key in expected_state:
+        if HF_PREFIX + key + ".absmax" in stored:
+            packed = stored[HF_PREFIX + key].reshape(-1).long()
+            codes = torch.stack([packed >> 4, packed & 15], dim=1).reshape(-1)
+            table = torch.tensor(published_nf4_table())
+            scales = stored[HF_PREFIX + key + ".absmax"].repeat_interleave(64)
+            expected_state[key] = (table[codes] * scales).reshape(expected_state[key].shape)
+    assert inspect_text_encoder_checkpoint(path).quantization == "nf4"
+    loaded, _ = load_text_encoder_model(path, dtype=torch.float32)
+    expected = reference_features(expected_state)
+    assert torch.equal(features_of(loaded), expected)
+    kept, _ = load_text_encoder_model(path, dtype=torch.float32, keep_quantized_with=keep_quantized_linear)
+    assert kept.layers[0].mlp.down_proj.weight.dtype == torch.uint8
+    assert torch.equal(features_of(kept), expected)
+
+
+def published_nf4_table() -> list[float]:
+    """QLoRA's NF4 levels as published (Dettmers et al. 2023, appendix E)."""
+    return [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+            -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+            0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+            0.7229568362236023, 1.0]

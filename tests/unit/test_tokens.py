@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from ideogram4 import tokens
 from ideogram4.safetensors_io import CheckpointError
 from ideogram4.tokens import (
     MAX_TEXT_TOKENS,
@@ -124,57 +123,52 @@ def _copy_tokenizer(source: pathlib.Path, destination: pathlib.Path) -> pathlib.
     return destination
 
 
-@pytest.fixture
-def no_host(monkeypatch, tmp_path):
-    """No ComfyUI host anywhere: COMFYUI_PATH unset and the home folder empty."""
-    monkeypatch.delenv("COMFYUI_PATH", raising=False)
-    monkeypatch.setattr(pathlib.Path, "home", classmethod(lambda cls: tmp_path / "empty_home"))
-
-
-def test_tokenizer_folder_beside_hf_text_encoder_is_found(qwen_tokenizer_dir, tmp_path, no_host):
+def test_tokenizer_folder_beside_hf_text_encoder_is_found(qwen_tokenizer_dir, tmp_path):
     repo = tmp_path / "repo"
     (repo / "text_encoder").mkdir(parents=True)
     expected = _copy_tokenizer(qwen_tokenizer_dir, repo / "tokenizer")
-    assert find_tokenizer_dir(weights_path=repo / "text_encoder") == expected
+    assert find_tokenizer_dir(repo / "text_encoder") == expected
     weights_file = repo / "text_encoder" / "model.safetensors"
     weights_file.touch()
-    assert find_tokenizer_dir(weights_path=weights_file) == expected
+    assert find_tokenizer_dir(weights_file) == expected
 
 
-def test_tokenizer_folder_beside_single_file_is_found(qwen_tokenizer_dir, tmp_path, no_host):
+def test_tokenizer_folder_beside_single_file_is_found(qwen_tokenizer_dir, tmp_path):
     folder = tmp_path / "text_encoders"
     expected = _copy_tokenizer(qwen_tokenizer_dir, folder / "tokenizer")
     weights_file = folder / "qwen3vl_8b_fp8_scaled.safetensors"
     weights_file.touch()
-    assert find_tokenizer_dir(weights_path=weights_file) == expected
+    assert find_tokenizer_dir(weights_file) == expected
 
 
-def test_comfyui_host_tokenizer_from_comfyui_path(qwen_tokenizer_dir, tmp_path, no_host, monkeypatch):
-    host = tmp_path / "ComfyUI"
-    expected = _copy_tokenizer(qwen_tokenizer_dir, host / "comfy" / "text_encoders" / "qwen25_tokenizer")
-    monkeypatch.setenv("COMFYUI_PATH", str(host))
-    weights_file = tmp_path / "models" / "te.safetensors"
-    assert find_tokenizer_dir(weights_path=weights_file) == expected
+def test_the_hosts_tokenizer_serves_a_single_file_without_one_beside_it(qwen_tokenizer_dir, tmp_path):
+    host_tokenizer = _copy_tokenizer(qwen_tokenizer_dir, tmp_path / "host" / "qwen25_tokenizer")
+    weights_file = tmp_path / "models" / "text_encoders" / "qwen3vl_8b_fp8_scaled.safetensors"
+    assert find_tokenizer_dir(weights_file, host_tokenizer) == host_tokenizer
 
 
-def test_comfyui_host_of_the_custom_nodes_folder_is_a_candidate(tmp_path, monkeypatch, no_host):
-    fake_module = tmp_path / "ComfyUI" / "custom_nodes" / "pack" / "ideogram4" / "tokens.py"
-    monkeypatch.setattr(tokens, "__file__", str(fake_module))
-    assert tmp_path / "ComfyUI" in tokens.comfyui_host_candidates()
-
-
-def test_caller_given_folder_wins_over_the_one_beside_the_weights(qwen_tokenizer_dir, tmp_path, no_host):
+def test_the_folder_beside_the_weights_wins_over_the_hosts(qwen_tokenizer_dir, tmp_path):
     folder = tmp_path / "text_encoders"
-    _copy_tokenizer(qwen_tokenizer_dir, folder / "tokenizer")
-    given = _copy_tokenizer(qwen_tokenizer_dir, tmp_path / "mine")
-    assert find_tokenizer_dir(weights_path=folder / "te.safetensors", tokenizer_dir=given) == given
+    beside = _copy_tokenizer(qwen_tokenizer_dir, folder / "tokenizer")
+    host_tokenizer = _copy_tokenizer(qwen_tokenizer_dir, tmp_path / "host" / "qwen25_tokenizer")
+    assert find_tokenizer_dir(folder / "te.safetensors", host_tokenizer) == beside
 
 
-def test_missing_tokenizer_raises_naming_the_places_searched(tmp_path, no_host):
-    with pytest.raises(TokenizerNotFoundError, match="text_encoders/tokenizer.*COMFYUI_PATH"):
-        find_tokenizer_dir(weights_path=tmp_path / "text_encoders" / "te.safetensors")
-    with pytest.raises(TokenizerNotFoundError, match="tokenizer_config.json"):
-        find_tokenizer_dir(tokenizer_dir=tmp_path)
+def test_the_core_never_looks_for_a_host_on_disk(qwen_tokenizer_dir, tmp_path, monkeypatch):
+    # A ComfyUI at COMFYUI_PATH and at comfy-cli's default place: neither is used unless the caller passes it.
+    for host in (tmp_path / "env_host", tmp_path / "home" / "comfy" / "ComfyUI"):
+        _copy_tokenizer(qwen_tokenizer_dir, host / "comfy" / "text_encoders" / "qwen25_tokenizer")
+    monkeypatch.setenv("COMFYUI_PATH", str(tmp_path / "env_host"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(TokenizerNotFoundError):
+        find_tokenizer_dir(tmp_path / "models" / "te.safetensors")
+
+
+def test_missing_tokenizer_raises_naming_the_places_searched(tmp_path):
+    host_tokenizer = tmp_path / "host" / "qwen25_tokenizer"  # a host without one (or an incomplete one)
+    host_tokenizer.mkdir(parents=True)
+    with pytest.raises(TokenizerNotFoundError, match="text_encoders/tokenizer.*host/qwen25_tokenizer.*beside"):
+        find_tokenizer_dir(tmp_path / "text_encoders" / "te.safetensors", host_tokenizer)
 
 
 def test_a_tokenizer_of_another_family_is_refused(qwen_tokenizer_dir, tmp_path):

@@ -1,12 +1,16 @@
 """Start a real ComfyUI server with this pack loaded, and talk to it over HTTP and its websocket.
 
 ``ComfyServer(host_dir, python, models_dir)`` runs ``main.py --cpu --listen 127.0.0.1 --port <free>`` in the
-host's own Python. An ``extra_model_paths.yaml`` written to a temp folder adds
+host's own Python, with the pack installed in one of two ways a user's ComfyUI has it (``layout``):
 
-* ``custom_nodes:`` a temp folder holding only a symlink to this pack, so the working tree loads without copying;
-* ``diffusion_models`` / ``text_encoders`` / ``vae``: the given folder's subfolders (tiny stand-in weights).
+* ``"extra_model_paths"`` (default): an ``extra_model_paths.yaml`` written to a temp folder adds ``custom_nodes:``,
+  a temp folder outside the ComfyUI folder holding only a symlink to this pack (as the Desktop app and shared
+  model setups have it), and ``diffusion_models`` / ``text_encoders`` / ``vae`` / ``loras``: the given folder's subfolders;
+* ``"base_directory"``: ``--base-directory`` points ComfyUI at a temp folder whose ``custom_nodes/`` holds the
+  symlink and whose ``models/`` holds the model folders: the pack sits in ComfyUI's own ``custom_nodes`` folder.
 
-Output, input, temp and user folders are temp folders too, so the host's own folders are never written.
+The pack is linked, so the working tree loads without copying. Output, input, temp and user folders are temp
+folders too, so the host's own folders are never written.
 The server is stopped by its PID (its process group) on ``stop()``, on leaving the ``with`` block, and at
 interpreter exit, so a failing test leaks no process.
 
@@ -27,15 +31,20 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from websocket_lite import WebSocket
+from .websocket_lite import WebSocket
 
-PACK_ROOT = pathlib.Path(__file__).resolve().parents[2]
+PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACK_LINK_NAME = "comfyui-ideogram4-reference"
-MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae")
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "loras")
+LAYOUTS = ("extra_model_paths", "base_directory")
 STARTUP_TIMEOUT_S = 180.0
 # For tiny stand-in models: one compute thread. Their matmuls are far too small to gain from threads, and on a
 # busy CI machine (tests running beside the server) spinning OpenMP threads make each step ~100x slower.
 SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# Tell the tests and tools (tools/hostfind.py) where a host is; never part of a running server's environment.
+HOST_FINDER_VARIABLES = ("COMFYUI_PATH", "COMFYUI_PYTHON")
 
 
 class ServerError(RuntimeError):
@@ -75,7 +84,11 @@ def _supported_flags(host_dir: pathlib.Path) -> str:
 class ComfyServer:
     """One ComfyUI process. Use as a context manager, or call ``start()`` / ``stop()``."""
 
-    def __init__(self, host_dir, python, models_dir, pack_root=PACK_ROOT, extra_args=(), work_dir=None, env=None):
+    def __init__(self, host_dir, python, models_dir, pack_root=PACK_ROOT, extra_args=(), work_dir=None, env=None,
+                 layout="extra_model_paths"):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+        self.layout = layout
         self.host_dir = pathlib.Path(host_dir)
         self.python = pathlib.Path(python)
         self.models_dir = pathlib.Path(models_dir)
@@ -89,27 +102,46 @@ class ComfyServer:
         self.log_path = self.work_dir / "server.log"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def _command(self) -> list[str]:
-        custom_nodes = self.work_dir / "custom_nodes"
-        custom_nodes.mkdir(parents=True, exist_ok=True)
-        link = custom_nodes / PACK_LINK_NAME
-        if not link.exists():
-            link.symlink_to(self.pack_root, target_is_directory=True)
+    @property
+    def pack_link(self) -> pathlib.Path:
+        """Where the host sees the pack (a symlink to the working tree)."""
+        parent = self.work_dir / "base" if self.layout == "base_directory" else self.work_dir
+        return parent / "custom_nodes" / PACK_LINK_NAME
+
+    def _install_pack_and_models(self, flags: str) -> list[str]:
+        """Link the pack and the model folders for ``self.layout``; the arguments that tell ComfyUI."""
+        self.pack_link.parent.mkdir(parents=True, exist_ok=True)
+        if not self.pack_link.exists():
+            self.pack_link.symlink_to(self.pack_root, target_is_directory=True)
         for name in MODEL_FOLDERS:
             (self.models_dir / name).mkdir(parents=True, exist_ok=True)
+        if self.layout == "base_directory":
+            if '"--base-directory"' not in flags:
+                raise ServerError(f"the ComfyUI at {self.host_dir} has no --base-directory option")
+            base = self.pack_link.parent.parent
+            for name in MODEL_FOLDERS:
+                link = base / "models" / name
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.exists():
+                    link.symlink_to(self.models_dir / name, target_is_directory=True)
+            return ["--base-directory", str(base)]
         yaml_path = self.work_dir / "extra_model_paths.yaml"
-        write_extra_model_paths(yaml_path, custom_nodes, self.models_dir)
+        write_extra_model_paths(yaml_path, self.pack_link.parent, self.models_dir)
+        return ["--extra-model-paths-config", str(yaml_path)]
+
+    def _command(self) -> list[str]:
+        flags = _supported_flags(self.host_dir)
+        install_args = self._install_pack_and_models(flags)
         folders = {name: self.work_dir / name for name in ("output", "input", "temp", "user")}
         for folder in folders.values():
-            folder.mkdir(exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         command = [
             str(self.python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-api-nodes", "--output-directory", str(folders["output"]),
             "--input-directory", str(folders["input"]), "--temp-directory", str(folders["temp"]),
-            "--extra-model-paths-config", str(yaml_path),
+            *install_args,
         ]
-        flags = _supported_flags(self.host_dir)
         # Newer hosts keep a database and settings in the user folder; keep them out of the host's tree.
         if '"--user-directory"' in flags:
             command += ["--user-directory", str(folders["user"])]
@@ -122,6 +154,10 @@ class ComfyServer:
         log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         env.pop("PYTHONPATH", None)  # the host's venv must not see the pack venv's packages
+        # As a user's ComfyUI runs: the pack must find what it needs from the running host, not from the
+        # variables that told the tests where that host is.
+        for name in HOST_FINDER_VARIABLES:
+            env.pop(name, None)
         self.process = subprocess.Popen(
             command, cwd=self.host_dir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, start_new_session=True,  # its own process group: stopped as one, untouched by Ctrl-C

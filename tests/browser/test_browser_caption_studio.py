@@ -14,7 +14,7 @@ import pytest
 
 from host_session import WORKFLOW_NAMES, load_workflow, serve
 from ideogram4.caption_studio import caption_of_state
-from server import succeeded
+from tools.comfy_server import succeeded
 
 pytestmark = pytest.mark.host
 
