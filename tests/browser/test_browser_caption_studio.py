@@ -83,10 +83,37 @@ def assert_no_overlap(found: dict, label: str):
             assert not overlap, f"{label}: node {a} {found[a]} overlaps node {b} {found[b]}"
 
 
-def screenshot(page, name):
-    if SCREENSHOT_DIR:
-        pathlib.Path(SCREENSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(pathlib.Path(SCREENSHOT_DIR) / name))
+def screenshot(page, name, node_type=None):
+    """Keep a screenshot when IDEOGRAM4_SCREENSHOT_DIR is set: the page, or only the node of ``node_type`` at 100 %
+    zoom (the README's figures; the page is made tall enough for the whole node, then view and page are restored,
+    so the test goes on as without screenshots)."""
+    if not SCREENSHOT_DIR:
+        return
+    path = pathlib.Path(SCREENSHOT_DIR) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if node_type is None:
+        page.screenshot(path=str(path))
+        return
+    viewport = page.viewport_size
+    left, top, margin = 220, 70, 12  # clear of the frontend's sidebar, tab bar and floating toolbars
+    node = page.evaluate("""type => { const n = app.graph._nodes.find(n => n.comfyClass === type);
+        const ds = app.canvas.ds, c = app.canvas.canvas.getBoundingClientRect();
+        return {size: [n.size[0], n.size[1] + LiteGraph.NODE_TITLE_HEIGHT], view: [ds.scale, [...ds.offset]],
+                canvas: [c.left, c.top]}; }""",
+                         node_type)
+    page.set_viewport_size({"width": viewport["width"], "height": max(viewport["height"], int(node["size"][1]) + top + 300)})
+    time.sleep(0.5)
+    page.evaluate("""([type, left, top]) => { const n = app.graph._nodes.find(n => n.comfyClass === type);
+        const ds = app.canvas.ds; ds.scale = 1;
+        ds.offset = [left - n.pos[0], top + LiteGraph.NODE_TITLE_HEIGHT - n.pos[1]]; app.canvas.setDirty(true, true); }""",
+                  [node_type, left, top])
+    time.sleep(0.8)  # the frontend moves the DOM widgets on its next frames
+    page.screenshot(path=str(path), clip={"x": node["canvas"][0] + left - margin, "y": node["canvas"][1] + top - margin, "width": node["size"][0] + 2 * margin,
+                                          "height": node["size"][1] + 2 * margin})
+    page.set_viewport_size(viewport)
+    page.evaluate("""([scale, offset]) => { const ds = app.canvas.ds; ds.scale = scale; ds.offset = offset;
+        app.canvas.setDirty(true, true); }""", node["view"])
+    time.sleep(0.5)
 
 
 def widget_state(page, node_type) -> dict:
@@ -124,7 +151,7 @@ def test_templates_are_listed_with_thumbnails(server):
 
 def test_preset_widgets_hide_and_come_back_with_the_preset_values(page):
     load(page, load_workflow("ideogram4_turbo.json"))
-    screenshot(page, "turbo_preset.png")
+    screenshot(page, "sampler_preset.png", "Ideogram4RefSampler")
     widgets = widget_state(page, "Ideogram4RefSampler")
     assert [widgets[n]["hidden"] for n in ("steps", "mu", "std", "guidance_schedule")] == [True] * 4
     assert not widgets["seed"]["hidden"] and not widgets["preset"]["hidden"]
@@ -138,6 +165,33 @@ def test_preset_widgets_hide_and_come_back_with_the_preset_values(page):
     assert page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefSampler').size[1]") > height_with_preset
 
 
+def assert_studio_fits_its_node(page):
+    """The whole form, layout frame and element list included, lies inside the node: nothing is cut off."""
+    time.sleep(0.5)  # the node follows the form's size on the next frame
+    found = page.evaluate("""() => { const n = app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefCaption');
+        const ds = app.canvas.ds, c = app.canvas.canvas.getBoundingClientRect();
+        const rect = e => { const r = e.getBoundingClientRect(); return [r.top, r.bottom]; };
+        const root = document.querySelector('.ideogram4-studio');
+        return {node_bottom: c.top + (n.pos[1] + n.size[1] + ds.offset[1]) * ds.scale, root: rect(root),
+                frame: rect(document.querySelector('.ideogram4-frame')),
+                last: rect(root.lastElementChild), scroll: root.scrollHeight - root.clientHeight}; }""")
+    assert found["scroll"] <= 1, found
+    for part in ("root", "frame", "last"):
+        assert found[part][1] <= found["node_bottom"] + 1, (part, found)
+
+
+def in_view(page, locator):
+    """Pan the graph (as a user drags the canvas) so ``locator`` is in the middle of the page: the studio is as
+    tall as its content and does not scroll, so its lower part may start below the page's bottom edge."""
+    box = locator.bounding_box()
+    size = page.viewport_size
+    page.evaluate("""([dx, dy]) => { const ds = app.canvas.ds; ds.offset = [ds.offset[0] + dx / ds.scale,
+        ds.offset[1] + dy / ds.scale]; app.canvas.setDirty(true, true); }""",
+                  [size["width"] / 2 - (box["x"] + box["width"] / 2), size["height"] / 2 - (box["y"] + box["height"] / 2)])
+    time.sleep(0.5)  # the frontend moves the DOM widgets on its next frames
+    return locator
+
+
 def studio(page, selector):
     return page.locator(f".ideogram4-studio {selector}")
 
@@ -146,6 +200,8 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     load(page, load_workflow("ideogram4_caption_studio.json"))
     page.wait_for_function("() => document.querySelector('.ideogram4-status')?.textContent === 'Caption valid'",
                            timeout=20_000)
+    assert_studio_fits_its_node(page)
+    screenshot(page, "caption_studio.png", "Ideogram4RefCaption")
     # A small frame and the Turbo preset keep the tiny models' run short.
     width_input = studio(page, "input[type=number]").nth(0)
     width_input.fill("256")
@@ -157,9 +213,9 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
         const w = n.widgets.find(w => w.name === 'preset'); w.value = 'Turbo 12'; w.callback?.(w.value); }""")
 
     # Add a text element and draw its box on the frame by mouse.
-    studio(page, "button:has-text('+ text')").click()
+    in_view(page, studio(page, "button:has-text('+ text')")).click()
     frame = studio(page, ".ideogram4-frame")
-    frame.scroll_into_view_if_needed()
+    in_view(page, frame)
     rect = frame.bounding_box()
     start = (rect["x"] + rect["width"] * 0.10, rect["y"] + rect["height"] * 0.05)
     end = (rect["x"] + rect["width"] * 0.60, rect["y"] + rect["height"] * 0.15)
@@ -195,11 +251,11 @@ def test_caption_studio_edits_checks_runs_and_reloads(page, server):
     palette_path = f"$.compositional_deconstruction.elements[{index}].color_palette"
     page.wait_for_function(f"path => ({problem_text})(path).includes('#RRGGBB')", arg=palette_path, timeout=10_000)
     assert "color_palette[0]" in page.evaluate(problem_text, palette_path)
-    screenshot(page, "caption_studio_problem.png")
+    screenshot(page, "caption_studio_problem.png", "Ideogram4RefCaption")
     palette.fill("#FF0000")
     page.wait_for_function(f"path => ({problem_text})(path) === ''", arg=palette_path, timeout=10_000)
     page.wait_for_function("() => document.querySelector('.ideogram4-status').textContent === 'Caption valid'")
-    screenshot(page, "caption_studio.png")
+    assert_studio_fits_its_node(page)  # the node grew with the new element
 
     # Queue: the server receives the state, and the caption it runs is the canonical JSON of what was edited.
     state = json.loads(widget_state(page, "Ideogram4RefCaption")["state"]["value"])
@@ -259,13 +315,13 @@ def caption_state(page) -> dict:
 def test_caption_studio_paste_copy_reorder_and_move(page):
     load(page, load_workflow("ideogram4_caption_studio.json"))
     # Paste a caption written with its keys out of order: the editor holds it in canonical order.
-    studio(page, "button:has-text('Paste JSON')").click()
+    in_view(page, studio(page, "button:has-text('Paste JSON')")).click()
     pasted = {"compositional_deconstruction": {"elements": [
         {"desc": "a red kite", "bbox": [100, 100, 300, 400], "type": "obj"},
         {"text": "HELLO", "type": "text", "desc": "white letters"}], "background": "blue sky"},
         "high_level_description": "A kite in the sky."}
     studio(page, "textarea[placeholder^='paste']").fill(json.dumps(pasted))
-    studio(page, "button:has-text('Load')").click()
+    in_view(page, studio(page, "button:has-text('Load')")).click()
     page.wait_for_function("() => document.querySelectorAll('.ideogram4-element').length === 2")
     caption = caption_state(page)
     assert json.dumps(caption) == json.dumps({
@@ -275,14 +331,15 @@ def test_caption_studio_paste_copy_reorder_and_move(page):
             {"type": "text", "text": "HELLO", "desc": "white letters"}]}})
     # Copy gives the canonical minified caption.
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    studio(page, "button:has-text('Copy JSON')").click()
+    in_view(page, studio(page, "button:has-text('Copy JSON')")).click()
     page.wait_for_function("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefCaption').ideogram4Studio.copied")
     copied = page.evaluate("() => app.graph._nodes.find(n => n.comfyClass === 'Ideogram4RefCaption').ideogram4Studio.copied")
     assert copied == json.dumps(caption, separators=(",", ":"), ensure_ascii=False)
     # Reorder: the first element moves down.
-    studio(page, ".ideogram4-element").first.locator("button[title='move down']").click()
+    in_view(page, studio(page, ".ideogram4-element").first.locator("button[title='move down']")).click()
     assert [e["type"] for e in caption_state(page)["compositional_deconstruction"]["elements"]] == ["text", "obj"]
     # Move the box by dragging it a tenth of the frame to the right and down.
+    in_view(page, studio(page, ".ideogram4-frame"))
     box = studio(page, ".ideogram4-box").first.bounding_box()
     rect = studio(page, ".ideogram4-frame").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

@@ -11,7 +11,7 @@ const NODE_ID = "Ideogram4RefCaption";
 const VALIDATE_ROUTE = "/ideogram4_ref/caption/validate";
 const GRID = 1000; // bbox units: integers 0-1000 over the frame, [y_min, x_min, y_max, x_max], origin top-left
 const MIN_BOX = 5; // a drag shorter than this (grid units) is a click, not a box
-const EDITOR_HEIGHT = 760;
+const EDITOR_MIN_HEIGHT = 200; // until the form is built; then the node follows the form's own height
 const UNDO_LIMIT = 100;
 const TYPING_MERGE_MS = 800; // keystrokes in one field within this time are one undo step
 
@@ -24,7 +24,7 @@ const ELEMENT_KEYS = ["type", "bbox", "text", "desc", "color_palette"];
 const STUDIO_CSS = `
 .ideogram4-studio { display: flex; flex-direction: column; gap: 6px; font: 12px sans-serif; color: var(--input-text, #ddd);
   background: var(--comfy-menu-bg, #353535); border: 1px solid var(--border-color, #4e4e4e); border-radius: 6px;
-  padding: 6px; box-sizing: border-box; overflow-y: auto; height: 100%; }
+  padding: 6px; box-sizing: border-box; }
 .ideogram4-studio * { box-sizing: border-box; }
 .ideogram4-studio label { display: flex; flex-direction: column; gap: 2px; color: var(--descrip-text, #999); }
 .ideogram4-studio input, .ideogram4-studio textarea, .ideogram4-studio select, .ideogram4-studio button {
@@ -101,8 +101,14 @@ class CaptionStudio {
     this.validationSeq = 0;
     this.root = el("div", { className: "ideogram4-studio", tabIndex: -1 });
     this.root.addEventListener("keydown", (event) => this.onKey(event));
-    // Mouse and wheel events belong to the editor, not to the graph canvas behind it.
-    for (const type of ["pointerdown", "wheel", "contextmenu"]) this.root.addEventListener(type, (e) => e.stopPropagation());
+    // Mouse events belong to the editor, not to the graph canvas behind it. The wheel zooms the graph (the node is
+    // as tall as the form, nothing in it scrolls) except over a text box, which scrolls its own text.
+    for (const type of ["pointerdown", "contextmenu"]) this.root.addEventListener(type, (e) => e.stopPropagation());
+    this.root.addEventListener("wheel", (e) => { if (e.target.tagName === "TEXTAREA") e.stopPropagation(); });
+    // The node is sized to the whole form (frame and element list included) and follows it when it grows or
+    // shrinks: an element added, a text box resized, another frame aspect.
+    this.contentHeight = EDITOR_MIN_HEIGHT;
+    new ResizeObserver(() => this.fitToContent()).observe(this.root);
     this.load(stateWidget.value);
   }
 
@@ -446,6 +452,13 @@ class CaptionStudio {
     else this.renderBoxes();
   }
 
+  fitToContent() {
+    const height = Math.ceil(this.root.offsetHeight);
+    if (!height) return; // not laid out yet: the observer calls again once it is
+    this.contentHeight = height;
+    fitNode(this.node, { shrink: true });
+  }
+
   // -- the frame ----------------------------------------------------------------------------------------------
   layoutFrame() {
     const width = Math.max(200, (this.node.size?.[0] ?? 500) - 40);
@@ -606,10 +619,11 @@ app.registerExtension({
       holder.style.cssText = "width:100%;height:100%";
       const widget = node.addDOMWidget("studio", "ideogram4_caption_studio", holder, {
         serialize: false,
-        getMinHeight: () => EDITOR_HEIGHT,
+        getMinHeight: () => node.ideogram4Studio?.contentHeight ?? EDITOR_MIN_HEIGHT,
+        getMaxHeight: () => node.ideogram4Studio?.contentHeight ?? EDITOR_MIN_HEIGHT,
       });
       widget.serialize = false; // the state widget carries the value
-      widget.computeSize = (width) => [width, EDITOR_HEIGHT];
+      widget.computeSize = (width) => [width, node.ideogram4Studio?.contentHeight ?? EDITOR_MIN_HEIGHT];
       packOptions().then((options) => {
         if (!options) {
           holder.textContent = "Ideogram 4: the pack's options route did not answer; the editor is unavailable.";
@@ -631,6 +645,7 @@ app.registerExtension({
         studio.undoStack = [];
         studio.load(this.widgets.find((w) => w.name === "state").value);
         studio.validate();
+        studio.fitToContent(); // the saved size may predate the content
       } else {
         packOptions().then(() => {
           this.ideogram4Studio?.load(this.widgets.find((w) => w.name === "state").value);

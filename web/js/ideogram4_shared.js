@@ -25,12 +25,21 @@ export function setWidgetHidden(widget, hidden) {
   if (!widget || Boolean(widget.ideogram4Hidden) === hidden) return;
   widget.ideogram4Hidden = hidden;
   widget.hidden = hidden;
+  // DOM widgets (a multiline text box) are laid out by computeLayoutSize on frontends 1.2x, which ignores the flag.
   if (hidden) {
     widget.ideogram4ComputeSize = widget.computeSize;
     widget.computeSize = () => [0, -4];
+    if (widget.computeLayoutSize) {
+      widget.ideogram4ComputeLayoutSize = widget.computeLayoutSize;
+      widget.computeLayoutSize = () => ({ minHeight: 0, maxHeight: 0, minWidth: 0 });
+    }
   } else {
     widget.computeSize = widget.ideogram4ComputeSize;
     delete widget.ideogram4ComputeSize;
+    if (widget.ideogram4ComputeLayoutSize) {
+      widget.computeLayoutSize = widget.ideogram4ComputeLayoutSize;
+      delete widget.ideogram4ComputeLayoutSize;
+    }
   }
 }
 
