@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import functools
 
-BBOX_MAX = 1000
-STYLE_PALETTE_MAX = 16
-ELEMENT_PALETTE_MAX = 5
+from .caption import BBOX_MAX, ELEMENT_PALETTE_MAX, STYLE_PALETTE_MAX
 
 START_STATE = (("start",),)
 COMPLETE_STATE = ()

@@ -118,10 +118,21 @@ def _utf8_end_state(data: bytes):
     return False if state is None else state[-1][1]
 
 
+def _make_room(cache: dict, limit: int) -> None:
+    """Empty ``cache`` when it holds ``limit`` entries (entries are recomputed on demand, identically)."""
+    if len(cache) >= limit:
+        cache.clear()
+
+
 class CaptionTokenGrammar:
     """The caption automaton lifted to a token vocabulary: per state, the allowed tokens grouped by the state
-    they lead to, and the tokens of the shortest closing. Caches grow with the states met and are shared by every
-    generation that uses this object."""
+    they lead to, and the tokens of the shortest closing. The caches are shared by every generation that uses this
+    object and bounded: a state holds the element's index, so the states met grow with every caption written, and a
+    string state's transitions hold almost the whole vocabulary (about 1.2 MB)."""
+
+    # States recur token after token inside one string, rarely far apart: a small cache keeps the speed.
+    MAX_CACHED_TRANSITIONS = 64
+    MAX_CACHED_SMALL = 4096
 
     def __init__(self, vocabulary: TokenVocabulary, keep_boxes: bool = False):
         self.vocabulary = vocabulary
@@ -135,6 +146,7 @@ class CaptionTokenGrammar:
         """[(next state, token ids that lead there)] for every token allowed in ``state``."""
         found = self._transitions.get(state)
         if found is None:
+            _make_room(self._transitions, self.MAX_CACHED_TRANSITIONS)
             found = self._transitions[state] = self._compute_transitions(state)
         return found
 
@@ -167,8 +179,7 @@ class CaptionTokenGrammar:
         key = (state, fitting, size, str(device))
         found = self._masks.get(key)
         if found is None:
-            if len(self._masks) > 256:  # masks are 150 KB each; states rarely recur far apart
-                self._masks.clear()
+            _make_room(self._masks, 256)  # masks are 150 KB each; states rarely recur far apart
             transitions = self.transitions(state)
             found = torch.zeros(size, dtype=torch.bool)
             for index in fitting:
@@ -189,6 +200,7 @@ class CaptionTokenGrammar:
                     break
                 byte, current = options[0]
                 forced.append(byte)
+            _make_room(self._forced, self.MAX_CACHED_SMALL)
             found = self._forced[state] = bytes(forced)
         return found
 
@@ -196,6 +208,7 @@ class CaptionTokenGrammar:
         """Tokens of the shortest completion of ``state`` (empty when complete)."""
         found = self._closing.get(state)
         if found is None:
+            _make_room(self._closing, self.MAX_CACHED_SMALL)
             found = self._closing[state] = self.vocabulary.greedy_tokens(self.grammar.completion(state))
         return found
 

@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from ..ideogram4.caption_studio import check_request, editor_options
+from . import compat
 from .settings import CUSTOM, PRESETS
 
 VALIDATE_PATH = "/ideogram4_ref/caption/validate"
@@ -37,12 +38,8 @@ def register_routes() -> None:
     global _registered
     if _registered:
         return
-    try:
-        from server import PromptServer
-    except ImportError:
-        return  # imported outside a ComfyUI server (a tool, an in-process test): no routes to add
-    instance = getattr(PromptServer, "instance", None)
-    if instance is None:  # ComfyUI imported without its server (in-process use): nothing serves the editor
+    instance = compat.prompt_server()
+    if instance is None:  # ComfyUI imported without its server (a tool, in-process use): nothing serves the editor
         logging.debug("Ideogram 4: no ComfyUI server instance; the pack's routes are not added.")
         return
     instance.routes.post(VALIDATE_PATH)(validate_handler)

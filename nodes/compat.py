@@ -236,3 +236,13 @@ def comfy_quantized_operations(compute_dtype: torch.dtype, load_device):
     model whose file carries ``comfy_quant`` entries (formats the device cannot compute natively are emulated)."""
     config = types.SimpleNamespace(quant_config={"mixed_ops": True})
     return comfy.ops.pick_operations(None, compute_dtype, load_device, model_config=config)
+
+
+def prompt_server():
+    """The running ComfyUI server (``server.PromptServer.instance``), or None where ComfyUI was imported without
+    one (a tool, an in-process test)."""
+    try:
+        from server import PromptServer
+    except ImportError:
+        return None
+    return getattr(PromptServer, "instance", None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import weakref
 
 import comfy.model_management
-import comfy.model_patcher
 import comfy.utils
 import folder_paths
 from comfy_api.latest import io, ui
@@ -27,7 +26,8 @@ from ..ideogram4.text_encoder_checkpoint import (
     load_language_model_head,
 )
 
-from .quantized_ops import Ideogram4QuantizedOps, make_quantized_layer
+from . import compat
+from .quantized_ops import Ideogram4QuantizedOps, QuantizedWeightPatching, make_quantized_layer
 from .settings import CATEGORY, MAX_SEED, MAX_SIZE, raise_problems, size_problems, validation_result
 from .text_encoder_nodes import TEXT_ENCODER_FOLDER, Ideogram4TextEncoder, TextEncoderType
 
@@ -86,8 +86,9 @@ def _head_patcher(text_encoder: Ideogram4TextEncoder, lm_head_name: str):
                  f"No file in models/{TEXT_ENCODER_FOLDER} carries one.")
         raise ValueError(f"{NODE_NAME}: the text encoder has no language-model head (lm_head.weight), which text "
                          f"generation needs. {error} {where}") from error
-    cache[key] = comfy.model_patcher.ModelPatcher(head, load_device=patcher.load_device,
-                                                  offload_device=patcher.offload_device)
+    # The same kind of patcher as the encoder's (its quantised layers take patches after de-quantising).
+    cache[key] = compat.new_patcher(head, patcher.load_device, patcher.offload_device,
+                                    mixin=QuantizedWeightPatching, dynamic=False)
     return cache[key]
 
 

@@ -112,3 +112,13 @@ def test_inference_dtype_is_the_manual_cast_dtype_or_the_weight_dtype(compat, ho
         assert compat.inference_dtype(cond) == torch.bfloat16
     finally:
         cond.manual_cast_dtype = previous
+
+
+def test_prompt_server_is_none_without_a_running_server_and_the_instance_with_one(compat, monkeypatch):
+    import server
+
+    monkeypatch.delattr(server.PromptServer, "instance", raising=False)
+    assert compat.prompt_server() is None  # ComfyUI imported in-process: no server was started
+    running = object()
+    monkeypatch.setattr(server.PromptServer, "instance", running, raising=False)
+    assert compat.prompt_server() is running

@@ -71,7 +71,7 @@ def test_caption_equals_the_core_enhancer_and_runs_into_text_encode_and_sampler(
 
     # Oracle: the core with plain torch modules from the same file.
     path = models / "text_encoders" / WITH_HEAD_FILE
-    loaded = load_text_encoder(path, dtype=torch.float32)
+    loaded = load_text_encoder(path, dtype=torch.float32, host_tokenizer_dir=host.nodes.compat.host_qwen_tokenizer_dir())
     head = load_language_model_head(path, dtype=torch.float32)
     grammar = CaptionTokenGrammar(TokenVocabulary.from_tokenizer(loaded.tokenizer, tiny.TEXT_CONFIG.vocab_size))
     expected = enhance_prompt(loaded.encoder, head, loaded.tokenizer, grammar, IDEA, 1024, 768, BUDGET,

@@ -108,7 +108,8 @@ class CaptionStudio {
     // The node is sized to the whole form (frame and element list included) and follows it when it grows or
     // shrinks: an element added, a text box resized, another frame aspect.
     this.contentHeight = EDITOR_MIN_HEIGHT;
-    new ResizeObserver(() => this.fitToContent()).observe(this.root);
+    this.resizeObserver = new ResizeObserver(() => this.fitToContent());
+    this.resizeObserver.observe(this.root);
     this.load(stateWidget.value);
   }
 
@@ -215,15 +216,8 @@ class CaptionStudio {
 
   async runValidation() {
     const seq = ++this.validationSeq;
-    let answer;
-    try {
-      const response = await api.fetchApi(VALIDATE_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" },
-                                                           body: JSON.stringify({ caption: this.caption }) });
-      answer = await response.json();
-    } catch (error) {
-      answer = { ok: false, problems: [{ path: "$", message: `caption check unavailable (${error})`, hint: "" }] };
-    }
-    if (seq !== this.validationSeq) return; // an older answer arriving late
+    const answer = await this.askServer({ caption: this.caption });
+    if (!answer || seq !== this.validationSeq) return; // unreachable (shown), or an older answer arriving late
     this.problems = answer.problems ?? [];
     this.showProblems();
   }
@@ -577,10 +571,22 @@ class CaptionStudio {
   }
 
   // -- paste / copy ---------------------------------------------------------------------------------------------
+  // The pack's route answers both; when it cannot be reached the problem is shown as a validation problem is.
+  async askServer(body) {
+    try {
+      const response = await api.fetchApi(VALIDATE_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" },
+                                                           body: JSON.stringify(body) });
+      return await response.json();
+    } catch (error) {
+      this.problems = [{ path: "$", message: `caption check unavailable (${error})`, hint: "" }];
+      this.showProblems();
+      return null;
+    }
+  }
+
   async paste(text) {
-    const response = await api.fetchApi(VALIDATE_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" },
-                                                         body: JSON.stringify({ text, reorder: true }) });
-    const answer = await response.json();
+    const answer = await this.askServer({ text, reorder: true });
+    if (!answer) return;
     if (!answer.caption || typeof answer.caption !== "object" || Array.isArray(answer.caption)) {
       this.problems = answer.problems ?? [];
       this.showProblems();
@@ -590,9 +596,8 @@ class CaptionStudio {
   }
 
   async copy() {
-    const response = await api.fetchApi(VALIDATE_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" },
-                                                         body: JSON.stringify({ caption: this.caption }) });
-    const answer = await response.json();
+    const answer = await this.askServer({ caption: this.caption });
+    if (!answer) return;
     this.copied = answer.canonical;
     try {
       await navigator.clipboard.writeText(answer.canonical);
@@ -635,6 +640,12 @@ app.registerExtension({
       });
       fitNode(node);
       return result;
+    };
+    // A removed node's editor stops following its content (the observer would keep the node alive).
+    const onRemoved = nodeType.prototype.onRemoved;
+    nodeType.prototype.onRemoved = function () {
+      this.ideogram4Studio?.resizeObserver.disconnect();
+      return onRemoved?.apply(this, arguments);
     };
     // A loaded workflow sets the state widget after the node was created: show that state.
     const onConfigure = nodeType.prototype.onConfigure;
