@@ -114,11 +114,18 @@ def test_inference_dtype_is_the_manual_cast_dtype_or_the_weight_dtype(compat, ho
         cond.manual_cast_dtype = previous
 
 
-def test_prompt_server_is_none_without_a_running_server_and_the_instance_with_one(compat, monkeypatch):
-    import server
 
-    monkeypatch.delattr(server.PromptServer, "instance", raising=False)
-    assert compat.prompt_server() is None  # ComfyUI imported in-process: no server was started
-    running = object()
-    monkeypatch.setattr(server.PromptServer, "instance", running, raising=False)
+def test_prompt_server_is_the_servers_instance_and_none_without_one(compat, monkeypatch):
+    # A stand-in ``server`` module: importing the host's real one in-process needs ComfyUI's main.py set-up.
+    import sys
+    import types
+
+    class PromptServer:
+        pass
+
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=PromptServer))
+    assert compat.prompt_server() is None  # ComfyUI imported without its server: no instance
+    PromptServer.instance = running = object()
     assert compat.prompt_server() is running
+    monkeypatch.setitem(sys.modules, "server", None)  # no server module at all (a tool outside ComfyUI)
+    assert compat.prompt_server() is None
