@@ -133,3 +133,23 @@ def test_completion_is_the_shortest_caption_and_empty_when_complete():
     boxes = CaptionGrammar(keep_boxes=True)
     prefix = b'{"high_level_description":"","compositional_deconstruction":{"background":"","elements":[{"type":"obj","bbox":[7,99'
     assert boxes.completion(boxes.advance(START_STATE, prefix)).startswith(b',8,100],"desc":""}')
+
+
+
+def test_the_automatons_key_orders_are_the_validators():
+    # The automaton spells its schemas out; the validator's key orders (ideogram4.caption) are the one source:
+    # each full order is one of the automaton's key sequences, and every sequence keeps one order's key order.
+    from ideogram4 import caption
+    from ideogram4.caption_grammar import SCHEMAS
+
+    def is_subsequence(short, long):
+        keys = iter(long)
+        return all(key in keys for key in short)
+
+    for schema, orders in [("top", [caption.TOP_LEVEL_KEY_ORDER]),
+                           ("style", [caption.STYLE_KEY_ORDER_PHOTO, caption.STYLE_KEY_ORDER_NON_PHOTO]),
+                           ("composition", [caption.COMPOSITION_KEY_ORDER]),
+                           ("element_with_boxes", [caption.ELEMENT_KEY_ORDER_OBJ, caption.ELEMENT_KEY_ORDER_TEXT])]:
+        sequences = {tuple(key for key, _ in sequence) for sequence in SCHEMAS[schema]}
+        assert set(orders) <= sequences, schema
+        assert all(any(is_subsequence(sequence, order) for order in orders) for sequence in sequences), schema
